@@ -1,0 +1,72 @@
+"""The command line: `python -m pangu_ms <command> [--help]`.
+
+Each command lives in its own module under `pangu_ms.cli` exposing
+`add_parser(subparsers) -> argparse.ArgumentParser` (which sets `func=run`). Modules import
+only light dependencies at top level so `--help` stays fast; MindSpore is imported inside
+`run`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# command name -> module under pangu_ms.cli, in the order `--help` lists them
+COMMANDS: dict[str, str] = {
+    "tokenizer": "tokenizer",
+    "prepare": "prepare",
+    "pretrain": "pretrain",
+    "generate": "generate",
+    "eval": "evaluate",
+    "finetune": "finetune",
+    "plan": "plan",
+    "rank-table": "rank_table",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pangu_ms",
+        description="PanGu-alpha / PanGu-Sigma on MindSpore: data, training, inference, parallel plans, launch.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"pangu_ms.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pangu_ms.cli.{module}":
+                raise
+            continue  # command not built yet
+        mod.add_parser(sub)
+    return parser
+
+
+def add_config_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """The shared `--config FILE` and repeatable `--set section.field=value` options."""
+    p.add_argument("--config", required=required, help="run config YAML (ascend_configs/...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.steps=100 (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GLOG_v", "3")  # silence MindSpore's [WARNING] lines; workers inherit it
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from pangu_ms.errors import PanguError
+
+    try:
+        return int(args.func(args) or 0)
+    except PanguError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

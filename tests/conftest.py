@@ -1,0 +1,44 @@
+"""Shared fixtures: MindSpore on CPU in GRAPH_MODE, tiny configs, a compile cache.
+
+Tests mirror the package (`tests/models`, `tests/data`, ...). Compiled graphs are the
+expensive part of this suite: share built and compiled Cells through session fixtures.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GLOG_v", "3")
+os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "1")
+os.environ.setdefault("MS_COMPILER_CACHE_PATH", str(ROOT / "build" / "ms_compile_cache"))
+# every test process finds the venv's bin (msrun workers need it on PATH)
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+
+import mindspore as ms  # noqa: E402
+
+from pangu_ms.config import ModelConfig  # noqa: E402
+
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """A very small PanGu-alpha for numerics and unit tests (not the 5M `tiny` YAML model)."""
+    fields = dict(vocab_size=96, seq_length=16, num_layers=3, hidden_size=32, ffn_hidden_size=64,
+                  num_heads=4, dropout=0.0)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture()
+def tiny_cfg() -> ModelConfig:
+    return tiny_model_config()

@@ -1,0 +1,84 @@
+"""Config loading: composition, overrides, and errors that name file, key and value."""
+from __future__ import annotations
+
+import pytest
+
+from pangu_ms.config import JobConfig, config_from_dict, load_config
+from pangu_ms.errors import ConfigError
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_base_config_composes_and_later_values_win(tmp_path):
+    write(tmp_path, "base.yaml", "model:\n  hidden_size: 64\n  num_heads: 4\ntrain:\n  steps: 5\n")
+    run = write(tmp_path, "run.yaml", "base_config: base.yaml\ntrain:\n  steps: 7\n")
+    cfg = load_config(run)
+    assert cfg.model.hidden_size == 64 and cfg.model.num_heads == 4
+    assert cfg.train.steps == 7
+
+
+def test_set_overrides_are_type_checked(tmp_path):
+    run = write(tmp_path, "run.yaml", "train:\n  steps: 7\n")
+    cfg = load_config(run, ["train.steps=11", "optimizer.lr=3e-4", "parallel.vocab_emb_dp=false"])
+    assert cfg.train.steps == 11 and cfg.optimizer.lr == pytest.approx(3e-4)
+    assert cfg.parallel.vocab_emb_dp is False
+    with pytest.raises(ConfigError, match=r"train\.steps='many': expected an integer"):
+        load_config(run, ["train.steps=many"])
+
+
+def test_unknown_key_names_file_key_and_nearest(tmp_path):
+    run = write(tmp_path, "run.yaml", "model:\n  hidden_sise: 64\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(run)
+    msg = str(err.value)
+    assert str(run) in msg and "model.hidden_sise" in msg and "did you mean 'model.hidden_size'" in msg
+
+
+def test_unknown_section_suggests_nearest(tmp_path):
+    run = write(tmp_path, "run.yaml", "optimiser:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="did you mean 'optimizer'"):
+        load_config(run)
+
+
+def test_out_of_range_value_names_dotted_key(tmp_path):
+    run = write(tmp_path, "run.yaml", "model:\n  hidden_size: 30\n  num_heads: 4\n")
+    with pytest.raises(ConfigError, match=r"model\.hidden_size=30: must be divisible by num_heads=4"):
+        load_config(run)
+    run = write(tmp_path, "run2.yaml", "optimizer:\n  beta2: 1.5\n")
+    with pytest.raises(ConfigError, match=r"optimizer\.beta2=1\.5"):
+        load_config(run)
+
+
+def test_wrong_type_in_list_of_sources(tmp_path):
+    run = write(tmp_path, "run.yaml", "data:\n  sources:\n    - name: a\n      weight: heavy\n")
+    with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.weight='heavy': expected a number"):
+        load_config(run)
+
+
+def test_missing_file_and_cycle(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    write(tmp_path, "a.yaml", "base_config: b.yaml\n")
+    write(tmp_path, "b.yaml", "base_config: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_round_trip_through_dict():
+    cfg = JobConfig()
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "2.6b", "13b", "200b"])
+def test_shipped_model_sizes_load(repo_root, name):
+    cfg = load_config(repo_root / "ascend_configs" / "models" / f"pangu_alpha_{name}.yaml")
+    assert cfg.model.hidden_size % cfg.model.num_heads == 0
+
+
+def test_quickstart_config_loads(repo_root):
+    cfg = load_config(repo_root / "ascend_configs" / "pangu_alpha_tiny_cpu.yaml")
+    assert cfg.model.vocab_size == cfg.tokenizer.vocab_size == 8000
