@@ -1,0 +1,165 @@
+"""Training input pipeline: MindRecord shards -> batched (input_ids, position_id, attention_mask).
+
+Notation: B batch, S sequence length (the model sees S tokens; a stored row holds S + 1 ids
+so labels are the row shifted by one).
+
+A shard row is one packed token row `input_ids` int32 [S + 1] (schema in `ROW_SCHEMA`),
+documents separated by the end-of-document id. With `reset_at_eod` the pipeline computes,
+per row and in NumPy:
+
+- `position_id[j]` = j minus the index where j's document starts (restarts after each eod),
+- `attention_mask[i, j]` = 1 iff j <= i and tokens i and j are in the same document.
+
+The eod token belongs to the document it ends: a document's id for position j is the number
+of eod ids strictly before j. Only the first S ids (the model inputs) are looked at.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pangu_ms.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+ROW_COLUMN = "input_ids"
+
+
+def row_schema(seq_length: int) -> dict:
+    """MindRecord schema of a shard: one int32 column of `seq_length + 1` ids."""
+    return {ROW_COLUMN: {"type": "int32", "shape": [seq_length + 1]}}
+
+
+def document_ids(inputs: np.ndarray, eod_id: int) -> np.ndarray:
+    """Per-token document index for inputs [..., S]: count of eod ids strictly before each token."""
+    is_eod = (inputs == eod_id).astype(np.int32)
+    doc = np.cumsum(is_eod, axis=-1) - is_eod  # exclusive cumsum: the eod stays in its document
+    return doc
+
+
+def eod_reset(rows: np.ndarray, eod_id: int, reset_at_eod: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Position ids and attention mask for packed rows.
+
+    Args:
+        rows: int32 [B, S + 1] token rows (or [S + 1]).
+        eod_id: end-of-document id.
+        reset_at_eod: False gives plain positions 0..S-1 and a plain causal mask.
+    Returns:
+        position_id int32 [B, S] and attention_mask float32 [B, S, S] (1 = may attend).
+    """
+    rows = np.asarray(rows)
+    squeeze = rows.ndim == 1
+    inputs = rows[None, :-1] if squeeze else rows[:, :-1]  # [B, S]
+    b, s = inputs.shape
+    causal = np.tril(np.ones((s, s), dtype=bool))  # [S, S]
+    arange = np.arange(s, dtype=np.int32)
+    if not reset_at_eod:
+        pos = np.broadcast_to(arange, (b, s)).copy()
+        mask = np.broadcast_to(causal, (b, s, s)).astype(np.float32)
+    else:
+        doc = document_ids(inputs, eod_id)  # [B, S]
+        # start index of each token's document: the running max of "starts here" positions
+        starts_here = np.concatenate([np.ones((b, 1), bool), doc[:, 1:] != doc[:, :-1]], axis=1)
+        start = np.maximum.accumulate(np.where(starts_here, arange, 0), axis=1)  # [B, S]
+        pos = (arange - start).astype(np.int32)
+        same_doc = doc[:, :, None] == doc[:, None, :]  # [B, S, S]
+        mask = (same_doc & causal).astype(np.float32)
+    if squeeze:
+        return pos[0], mask[0]
+    return pos, mask
+
+
+def _check_files(files: list[str]) -> list[str]:
+    if not files:
+        raise DataError("no MindRecord shard files given: run `python -m pangu_ms prepare --config ...` first")
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise DataError(f"MindRecord shard not found: {missing[0]} "
+                        "(run `python -m pangu_ms prepare --config ...` first)")
+    return [str(f) for f in files]
+
+
+def count_rows(files: list[str]) -> int:
+    """Number of rows stored in a set of MindRecord shard files (all shards of one writer)."""
+    import mindspore.dataset as ds
+
+    return ds.MindDataset(_check_files(files), columns_list=[ROW_COLUMN], shuffle=False).get_dataset_size()
+
+
+def _bind_seed(data, seed: int) -> None:
+    """Re-apply `seed` whenever an iterator is created on `data`.
+
+    MindSpore reads the global dataset seed when the iterator is built, not when the
+    pipeline is defined; without this a `set_seed` elsewhere in between would change the
+    shuffle order (and break exact resume).
+    """
+    import mindspore.dataset as ds
+
+    for name in ("create_dict_iterator", "create_tuple_iterator"):
+        original = getattr(data, name)
+
+        def with_seed(*args, _original=original, **kwargs):
+            ds.config.set_seed(seed)
+            return _original(*args, **kwargs)
+
+        setattr(data, name, with_seed)
+
+
+def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id: int,
+                  reset_at_eod: bool = True, shuffle: bool = True, seed: int = 0,
+                  num_shards: int = 1, shard_id: int = 0, start_step: int = 0,
+                  drop_remainder: bool = True):
+    """A `mindspore.dataset.Dataset` over packed-row MindRecord shards.
+
+    Yields per batch: `input_ids` int32 [B, S + 1], `position_id` int32 [B, S],
+    `attention_mask` float32 [B, S, S] (B = batch_size per rank, S = seq_length).
+
+    Args:
+        files: the MindRecord files of one split (`prepare.shard_files(...)`).
+        shuffle: seeded global shuffle, a new order each epoch (same for the same seed).
+        seed: shuffle seed; set (process global `mindspore.dataset.config.set_seed`) when the
+            dataset is built and again whenever an iterator is created on it.
+        num_shards, shard_id: data-parallel split by rank. Each rank gets
+            ceil(rows / num_shards) rows; when num_shards does not divide the row count
+            MindSpore repeats a few rows to even the shards out.
+        start_step: batches to skip (counted across epochs) to resume exactly.
+        drop_remainder: drop the last partial batch of each epoch.
+    """
+    import mindspore.dataset as ds
+
+    files = _check_files(files)
+    if not 0 <= shard_id < num_shards:
+        raise DataError(f"shard_id={shard_id} must be in [0, num_shards={num_shards})")
+    if batch_size < 1 or seq_length < 1 or start_step < 0:
+        raise DataError(f"batch_size={batch_size}, seq_length={seq_length}, start_step={start_step}: "
+                        "batch_size and seq_length must be >= 1, start_step >= 0")
+    ds.config.set_seed(seed)
+    data = ds.MindDataset(files, columns_list=[ROW_COLUMN],
+                          shuffle=ds.Shuffle.GLOBAL if shuffle else False,
+                          num_shards=num_shards if num_shards > 1 else None,
+                          shard_id=shard_id if num_shards > 1 else None)
+    row_len = data.output_shapes()[0][-1]
+    if row_len != seq_length + 1:
+        raise DataError(f"shards {files[0]} hold rows of {row_len} ids but seq_length={seq_length} needs "
+                        f"{seq_length + 1}: re-run prepare with model.seq_length={seq_length} "
+                        "or use the matching config")
+    per_rank = data.get_dataset_size()
+    if drop_remainder and per_rank < batch_size:
+        raise DataError(f"{per_rank} rows per rank cannot fill one batch of {batch_size}: "
+                        "prepare more data, or lower the batch size / data-parallel degree")
+    data = data.batch(batch_size, drop_remainder=drop_remainder)
+
+    def add_eod_columns(rows: np.ndarray):
+        pos, mask = eod_reset(rows, eod_id, reset_at_eod)
+        return rows.astype(np.int32), pos, mask
+
+    data = data.map(add_eod_columns, input_columns=[ROW_COLUMN],
+                    output_columns=[ROW_COLUMN, "position_id", "attention_mask"])
+    if start_step:
+        data.set_init_step(start_step)
+    _bind_seed(data, seed)
+    logger.debug("dataset: %d files, %d rows on shard %d/%d, batch %d, start_step %d",
+                 len(files), per_rank, shard_id, num_shards, batch_size, start_step)
+    return data
