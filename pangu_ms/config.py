@@ -191,11 +191,14 @@ class ParallelConfig:
     """shard optimizer state over the data-parallel group (Ascend only)."""
     grad_agg_group_mb: int = 0
     """gradient all-reduce fusion bucket size in MB (0: framework default)."""
+    grad_agg_layers: int = 4
+    """consecutive layers whose gradient all-reduces share one fusion group (0: framework default)."""
 
     def __post_init__(self) -> None:
         for name in ("dp", "mp", "pp", "ep", "micro_batches"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _require(self.grad_agg_group_mb >= 0, "grad_agg_group_mb", self.grad_agg_group_mb, "must be >= 0")
+        _require(self.grad_agg_layers >= 0, "grad_agg_layers", self.grad_agg_layers, "must be >= 0")
 
     @property
     def devices(self) -> int:

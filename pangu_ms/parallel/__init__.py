@@ -1,0 +1,25 @@
+"""Parallelism for PanGu models, kept out of the model files.
+
+- `init_parallel(job) -> ParallelInfo`: launch detection, communication init, parallel context.
+- `validate(model, parallel, devices=, global_batch=)`: every cross-check, before compiling.
+- `plan_for(model_cfg, parallel)`: the shard plan as data ({op path glob: logical strategy}).
+- `parallelize(model, plan, parallel, recompute=None)`: the only code that mutates Cells for
+  parallelism (shard strategies, pipeline stages, recompute, comm fusion, loss swap).
+- `RankLayout`: rank <-> (stage, dp, mp) and communication groups.
+"""
+from pangu_ms.parallel.context import ParallelInfo, init_parallel
+from pangu_ms.parallel.layout import RankCoords, RankLayout
+from pangu_ms.parallel.validate import validate
+
+__all__ = ["ParallelInfo", "init_parallel", "validate", "RankLayout", "RankCoords", "parallelize", "plan_for"]
+
+
+def __getattr__(name: str):
+    # parallelize/plan_for import MindSpore; keep `import pangu_ms.parallel` light
+    if name == "parallelize":
+        from pangu_ms.parallel.apply import parallelize
+        return parallelize
+    if name == "plan_for":
+        from pangu_ms.parallel.plans import plan_for
+        return plan_for
+    raise AttributeError(name)

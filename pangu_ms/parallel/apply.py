@@ -1,0 +1,165 @@
+"""`parallelize(model, plan, parallel)`: the only code that mutates Cells for parallelism.
+
+It resolves the plan's logical strategies through `plans.RULES`, calls `.shard()` on every
+matched primitive, sets `pipeline_stage` on cells, registers shared parameters with every
+stage that uses them, marks cells for recomputation, assigns gradient fusion groups and swaps
+the loss cell for the vocab-parallel one when logits are split over the vocabulary. It fails
+loudly (`PlanError`) on a glob that matches nothing, on a primitive no plan entry covers, on
+two entries giving one primitive different strategies and on a parameter whose shape the
+strategy does not divide.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+
+from mindspore import nn
+
+from pangu_ms.config import ParallelConfig
+from pangu_ms.errors import PanguError
+from pangu_ms.parallel.plans import PARAM_CONSUMERS, Plan, resolve
+
+log = logging.getLogger(__name__)
+
+
+class PlanError(PanguError):
+    """A shard plan does not fit the model it is applied to."""
+
+
+def _prefix(model: nn.Cell) -> str:
+    """Plan paths are relative to PanguAlphaWithLoss; a bare PanguAlphaLM is its `lm`."""
+    return "" if hasattr(model, "lm") else "lm"
+
+
+def _join(prefix: str, name: str) -> str:
+    return ".".join(p for p in (prefix, name) if p)
+
+
+def named_cells(model: nn.Cell) -> dict[str, nn.Cell]:
+    """Plan-relative cell path -> cell."""
+    pre = _prefix(model)
+    return {_join(pre, name): cell for name, cell in model.cells_and_names()}
+
+
+def named_primitives(model: nn.Cell) -> dict[str, object]:
+    """Plan-relative op path (`<cell path>.<attribute>`) -> primitive, for every named primitive."""
+    out = {}
+    for path, cell in named_cells(model).items():
+        for attr, prim in cell._primitives.items():  # pylint: disable=protected-access
+            if prim is not None:
+                out[_join(path, attr)] = prim
+    return out
+
+
+def _applicable(glob: str, model: nn.Cell) -> bool:
+    """Entries under `loss` do not apply to a bare LM."""
+    return bool(_prefix(model) == "" or not (glob == "loss" or glob.startswith("loss.")))
+
+
+def _match(glob: str, names: list[str], what: str) -> list[str]:
+    hits = [n for n in names if fnmatch.fnmatchcase(n, glob)]
+    if not hits:
+        near = sorted(n for n in names if n.rsplit(".", 1)[-1] == glob.rsplit(".", 1)[-1])[:3]
+        hint = f"; {what}s with the same last name: {', '.join(near)}" if near else ""
+        raise PlanError(f"plan entry '{glob}' matches no {what} in the model{hint}")
+    return hits
+
+
+def _swap_loss(model: nn.Cell, plan: Plan) -> None:
+    from pangu_ms.models.pangu_alpha import CrossEntropy, VocabParallelCrossEntropy
+
+    if _prefix(model) != "":
+        return
+    want = VocabParallelCrossEntropy if plan.vocab_parallel_loss else CrossEntropy
+    if not isinstance(model.loss, want):
+        log.info("parallelize: loss cell %s -> %s", type(model.loss).__name__, want.__name__)
+        model.loss = want(model.config)
+
+
+def _apply_strategies(model: nn.Cell, plan: Plan, parallel: ParallelConfig) -> dict[str, object]:
+    prims = named_primitives(model)
+    names = sorted(prims)
+    chosen: dict[str, object] = {}
+    for glob, logical in plan.strategies.items():
+        if not _applicable(glob, model):
+            continue
+        resolved = None if logical is None else resolve(logical, parallel)
+        for path in _match(glob, names, "primitive"):
+            if path in chosen and chosen[path] != resolved:
+                raise PlanError(f"primitive '{path}' gets two strategies: {chosen[path]} and {resolved} ('{glob}')")
+            chosen[path] = resolved
+    missing = [n for n in names if n not in chosen]
+    if missing:
+        raise PlanError(f"{len(missing)} primitive(s) have no plan entry (give a strategy or list them as "
+                        f"REPLICATED in pangu_ms/parallel/plans.py): {', '.join(missing[:8])}"
+                        + (" ..." if len(missing) > 8 else ""))
+    for path, strategy in chosen.items():
+        if strategy is not None:
+            prims[path].shard(strategy)
+    return chosen
+
+
+def parameter_layouts(model: nn.Cell, chosen: dict[str, object]) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> split degree per dimension, from the strategy of its consuming op."""
+    out = {}
+    for path, cell in named_cells(model).items():
+        for leaf, param in cell.parameters_and_names(expand=False):
+            op, idx = PARAM_CONSUMERS.get(leaf, (None, 0))
+            strategy = chosen.get(_join(path, op)) if op else None
+            split = tuple(strategy[idx]) if strategy is not None else (1,) * len(param.shape)
+            if len(split) != len(param.shape):
+                raise PlanError(f"parameter '{param.name}' has shape {tuple(param.shape)} but the strategy of "
+                                f"'{_join(path, op)}' input {idx} is {split}")
+            for dim, (n, k) in enumerate(zip(param.shape, split)):
+                if n % k:
+                    raise PlanError(f"parameter '{param.name}' dim {dim} of size {n} is not divisible by its "
+                                    f"split {k} (strategy {split} from '{_join(path, op)}')")
+            out[param.name] = split
+    return out
+
+
+def _check_tied(model: nn.Cell, chosen: dict[str, object]) -> None:
+    """The tied word-embedding table must have one layout for its two users."""
+    lookup, head = chosen.get("lm.backbone.word_embedding.gather"), chosen.get("lm.vocab_proj")
+    if lookup is not None and head is not None and tuple(lookup[0]) != tuple(head[1]):
+        raise PlanError(f"tied embedding table: lookup splits it {lookup[0]} but the output head "
+                        f"splits it {head[1]}; MindSpore needs one layout per parameter")
+
+
+def _apply_cells(model: nn.Cell, plan: Plan) -> None:
+    cells = named_cells(model)
+    names = sorted(cells)
+    for glob, stage in plan.stages.items():
+        if _applicable(glob, model):
+            for path in _match(glob, names, "cell"):
+                cells[path].pipeline_stage = stage
+    params = {_join(_prefix(model), n): p for n, p in model.parameters_and_names()}
+    for name, stages in plan.shared_parameters.items():
+        if name not in params:
+            raise PlanError(f"shared parameter '{name}' is not in the model")
+        for stage in stages:
+            params[name].add_pipeline_stage(stage)
+    for glob in plan.recompute:
+        for path in _match(glob, names, "cell"):
+            cells[path].recompute()
+    for glob, index in plan.comm_fusion.items():
+        if _applicable(glob, model):
+            for path in _match(glob, names, "cell"):
+                cells[path].set_comm_fusion(index)
+
+
+def parallelize(model: nn.Cell, plan: Plan, parallel: ParallelConfig) -> nn.Cell:
+    """Apply `plan` on mesh `parallel` to a built PanguAlphaWithLoss (or PanguAlphaLM), in place.
+
+    Strategies only take effect under (semi-)auto parallel on Ascend; on CPU they are set and
+    can be read back (`primitive.attrs["in_strategy"]`), while recompute and fusion groups act
+    in every mode. Returns `model`.
+    """
+    _swap_loss(model, plan)
+    chosen = _apply_strategies(model, plan, parallel)
+    _check_tied(model, chosen)
+    parameter_layouts(model, chosen)
+    _apply_cells(model, plan)
+    log.info("parallelize: %d primitives (%d with a strategy), dp=%d mp=%d pp=%d",
+             len(chosen), sum(s is not None for s in chosen.values()), parallel.dp, parallel.mp, parallel.pp)
+    return model
