@@ -100,6 +100,8 @@ class TokenizerConfig:
     """share of characters covered by single-character pieces."""
     max_sentences: int = 2_000_000
     """cap on training sentences given to SentencePiece."""
+    normalization: str = "nmt_nfkc"
+    """SentencePiece normalisation when training: nmt_nfkc (as released; folds full-width forms) or identity."""
 
     def __post_init__(self) -> None:
         _require(self.vocab_size >= 16, "vocab_size", self.vocab_size, "must be at least 16 (10 reserved ids)")
@@ -107,6 +109,8 @@ class TokenizerConfig:
         _require(0.9 <= self.character_coverage <= 1.0, "character_coverage", self.character_coverage,
                  "must be in [0.9, 1.0]")
         _require(self.max_sentences > 0, "max_sentences", self.max_sentences, "must be positive")
+        _require(self.normalization in ("nmt_nfkc", "identity"), "normalization", self.normalization,
+                 "use 'nmt_nfkc' (as released) or 'identity'")
 
 
 @dataclass
