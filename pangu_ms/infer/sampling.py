@@ -89,7 +89,8 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     order = np.argsort(-probs, axis=-1, kind="stable")  # [n, V] most probable first
     sorted_p = np.take_along_axis(probs, order, axis=-1)
     before = np.cumsum(sorted_p, axis=-1) - sorted_p  # mass of the tokens ranked above
-    keep_sorted = before < p  # the first token has before == 0, always kept
+    # the first token has before == 0 and is always kept; the tolerance absorbs cumsum rounding
+    keep_sorted = before < p - 1e-9
     keep = np.zeros_like(keep_sorted)
     np.put_along_axis(keep, order, keep_sorted, axis=-1)
     return np.where(keep, logits, -np.inf)
