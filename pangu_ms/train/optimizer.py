@@ -1,0 +1,78 @@
+"""AdamW with the paper's decay groups and the warmup + cosine learning-rate schedule.
+
+The paper (Zeng et al. 2021): AdamW (beta 0.9 / 0.95, eps 1e-8), weight decay 0.1 except on
+LayerNorm parameters and biases, linear warmup then cosine decay. Optimizer state (Adam
+moments) is fp32 because the parameters are fp32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+
+from pangu_ms.config import OptimizerConfig, ScheduleConfig
+
+# LayerNorm gain/shift and every bias are excluded from weight decay
+NO_DECAY_SUFFIXES = (".bias", ".gamma", ".beta")
+
+
+def decays(param_name: str) -> bool:
+    """True if the parameter gets weight decay (not a LayerNorm parameter or a bias)."""
+    return not param_name.endswith(NO_DECAY_SUFFIXES)
+
+
+def lr_at(step: int, opt: OptimizerConfig, sched: ScheduleConfig, total_steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based), the Python twin of `WarmupCosineLR`.
+
+    Warmup: lr * (step + 1) / warmup_steps. After it, cosine from lr to min_lr over
+    `decay_steps` (0: the rest of `total_steps`), then min_lr; `kind=constant` stays at lr.
+    """
+    warmup = sched.warmup_steps
+    if step < warmup:
+        return opt.lr * (step + 1) / warmup
+    if sched.kind == "constant":
+        return opt.lr
+    decay = sched.decay_steps or max(total_steps - warmup, 1)
+    progress = min(max(step - warmup, 0) / decay, 1.0)
+    return opt.min_lr + 0.5 * (opt.lr - opt.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
+    """Linear warmup then cosine decay, evaluated in the graph: global_step [] int32 -> lr [] fp32."""
+
+    def __init__(self, opt: OptimizerConfig, sched: ScheduleConfig, total_steps: int):
+        super().__init__()
+        self.peak, self.min_lr = float(opt.lr), float(opt.min_lr)
+        self.warmup = float(sched.warmup_steps)
+        self.decay = float(sched.decay_steps or max(total_steps - sched.warmup_steps, 1))
+        self.constant = sched.kind == "constant"
+        self.cos = ops.Cos()
+        self.cast = ops.Cast()
+
+    def construct(self, global_step):
+        step = self.cast(global_step, ms.float32)
+        warm = self.peak * (step + 1.0) / max(self.warmup, 1.0)
+        if self.constant:
+            decayed = self.peak + 0.0 * step
+        else:
+            progress = ops.clip_by_value((step - self.warmup) / self.decay, 0.0, 1.0)
+            decayed = self.min_lr + 0.5 * (self.peak - self.min_lr) * (1.0 + self.cos(progress * math.pi))
+        return ops.select(step < self.warmup, warm, decayed)
+
+
+def param_groups(params: list[Parameter], weight_decay: float) -> list[dict]:
+    """AdamWeightDecay groups: decay on matrices and embeddings, none on LayerNorm/biases."""
+    decay = [p for p in params if decays(p.name)]
+    no_decay = [p for p in params if not decays(p.name)]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {"order_params": params}]
+
+
+def build_optimizer(params: list[Parameter], opt: OptimizerConfig, sched: ScheduleConfig,
+                    total_steps: int) -> nn.AdamWeightDecay:
+    """AdamW (the fused `AdamWeightDecay` kernel) over `params` with the schedule above."""
+    lr = WarmupCosineLR(opt, sched, total_steps)
+    return nn.AdamWeightDecay(param_groups(params, opt.weight_decay), learning_rate=lr,
+                              beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps)

@@ -1,0 +1,217 @@
+"""Train-step Cells: dynamic loss scale with a CPU-safe overflow check, global-norm clipping,
+gradient accumulation, data-parallel gradient reduction.
+
+One optimizer step, whatever the path:
+    grads = d(loss * scale)/dW            (per micro-batch; summed over K accumulation steps)
+    grads = allreduce_mean(grads) / (scale * K)
+    norm  = sqrt(sum_i |g_i|^2);  overflow = not isfinite(norm)
+    scale: halved on overflow, doubled after `window` clean steps (DynamicLossScaleUpdateCell)
+    if not overflow:  AdamW(grads * min(1, clip / norm))      (else the step is skipped)
+
+The overflow flag comes from the global norm of the reduced gradients, so it is the same on
+every data-parallel rank (an inf on one rank reaches all through the all-reduce) and needs
+no NPU float-status op, which MindSpore's CPU backend lacks (MINDSPORE_CPU_NOTES.md 1a/1b).
+Steps are Cells, not `@ms.jit` functions, so checkpoint loads are seen by the compiled graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from pangu_ms.config import OptimizerConfig
+
+_unscale = ops.MultitypeFuncGraph("_unscale")
+_square_sum = ops.MultitypeFuncGraph("_square_sum")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_tensor(factor, grad):
+    return grad * ops.cast(factor, grad.dtype)
+
+
+@_square_sum.register("Tensor")
+def _square_sum_tensor(grad):
+    g = ops.cast(grad, ms.float32)
+    return (g * g).sum()
+
+
+def data_parallel_size() -> int:
+    """Ranks whose gradients this process must average (1 unless DATA_PARALLEL/HYBRID)."""
+    mode = ms.get_auto_parallel_context("parallel_mode")
+    if mode in (ms.ParallelMode.DATA_PARALLEL, ms.ParallelMode.HYBRID_PARALLEL):
+        from mindspore.communication import get_group_size
+
+        return get_group_size()
+    return 1
+
+
+class _GradientUpdate(nn.Cell):
+    """Shared tail of a step: unscale, all-reduce, norm + overflow, clip, scale update, AdamW."""
+
+    def __init__(self, optimizer: nn.Optimizer, loss_scale: Parameter, opt: OptimizerConfig):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.loss_scale = loss_scale
+        self.scale_update = nn.DynamicLossScaleUpdateCell(opt.loss_scale, opt.loss_scale_factor,
+                                                          opt.loss_scale_window)
+        self.clip_norm = float(opt.clip_norm)
+        self.hyper_map = ops.HyperMap()
+        self.dp = data_parallel_size()
+        self.reduce = self.dp > 1
+        if self.reduce:
+            mean = ms.get_auto_parallel_context("gradients_mean")
+            self.grad_reducer = nn.DistributedGradReducer(self.weights, mean=mean, degree=self.dp)
+            self.loss_reduce = ops.AllReduce()
+
+    def mean_over_ranks(self, loss):
+        """Per-rank loss [] -> the mean over data-parallel ranks (for logging)."""
+        if self.reduce:
+            return self.loss_reduce(loss) / self.dp
+        return loss
+
+    def update(self, grads, inv_scale):
+        """Scaled grads (tuple like weights), 1/(scale*K) [] -> (overflow [] bool, grad norm [])."""
+        grads = self.hyper_map(ops.partial(_unscale, inv_scale), grads)
+        if self.reduce:
+            grads = self.grad_reducer(grads)
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))  # [] fp32
+        overflow = ops.logical_not(ops.isfinite(norm))
+        overflow = self.scale_update(self.loss_scale, overflow)
+        if self.clip_norm > 0:
+            factor = self.clip_norm / ops.maximum(norm, self.clip_norm)
+            grads = self.hyper_map(ops.partial(_unscale, factor), grads)
+        if not overflow:
+            norm = ops.depend(norm, self.optimizer(grads))
+        return overflow, norm
+
+
+class TrainStep(_GradientUpdate):
+    """One micro-batch per optimizer step.
+
+    Inputs: input_ids [B, S+1] int32, position_ids [B, S] int32, attention_mask [B, S, S] fp32.
+    Outputs: loss [] (mean over data-parallel ranks), overflow [] bool, grad norm [] fp32.
+    """
+
+    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, loss_scale: Parameter, opt: OptimizerConfig):
+        super().__init__(optimizer, loss_scale, opt)
+        self.network = network
+        self.network.set_grad()
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+
+    def construct(self, input_ids, position_ids, attention_mask):
+        loss = self.network(input_ids, position_ids, attention_mask)
+        scale = self.loss_scale * 1.0
+        sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
+        grads = self.grad(self.network, self.weights)(input_ids, position_ids, attention_mask, sens)
+        overflow, norm = self.update(grads, 1.0 / scale)
+        return self.mean_over_ranks(loss), overflow, norm
+
+
+class AccumulateStep(nn.Cell):
+    """Forward + backward of one micro-batch; adds loss-scaled gradients into `accum`.
+    No communication. Inputs as `TrainStep`; output: loss [] of this rank's micro-batch."""
+
+    def __init__(self, network: nn.Cell, weights: ParameterTuple, accum: ParameterTuple, loss_scale: Parameter,
+                 loss_sum: Parameter):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.loss_sum = loss_sum
+        self.network.set_grad()
+        self.weights = weights
+        self.accum = accum
+        self.loss_scale = loss_scale
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, input_ids, position_ids, attention_mask):
+        loss = self.network(input_ids, position_ids, attention_mask)
+        sens = ops.ones_like(loss) * ops.cast(self.loss_scale, loss.dtype)
+        grads = self.grad(self.network, self.weights)(input_ids, position_ids, attention_mask, sens)
+        loss = ops.depend(loss, ops.assign_add(self.loss_sum, loss))
+        return ops.depend(loss, self.hyper_map(ops.assign_add, self.accum, grads))
+
+
+class ApplyStep(_GradientUpdate):
+    """The optimizer step over `accum` (sum of K loss-scaled micro-batch gradients), which it
+    then zeroes. Outputs: mean loss [] (over micro-batches and ranks), overflow [] bool,
+    grad norm [] fp32."""
+
+    def __init__(self, optimizer: nn.Optimizer, accum: ParameterTuple, loss_scale: Parameter,
+                 loss_sum: Parameter, opt: OptimizerConfig, accum_steps: int):
+        super().__init__(optimizer, loss_scale, opt)
+        self.accum = accum
+        self.loss_sum = loss_sum
+        self.accum_steps = float(accum_steps)
+
+    def construct(self):
+        loss = self.mean_over_ranks(self.loss_sum / self.accum_steps)
+        overflow, norm = self.update(self.accum, 1.0 / (self.loss_scale * self.accum_steps))
+        zeros = ops.depend(self.hyper_map(ops.zeros_like, self.accum), norm)
+        overflow = ops.depend(overflow, self.hyper_map(ops.assign, self.accum, zeros))
+        overflow = ops.depend(overflow, ops.assign(self.loss_sum, ops.zeros_like(loss)))
+        return loss, overflow, norm
+
+
+class AccumTrainCell(nn.Cell):
+    """Container of the accumulate/apply pair: what a checkpoint saves (weights, AdamW state,
+    loss scale and its counters, accumulators). Driven from Python by `Trainer.step`."""
+
+    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, loss_scale: Parameter,
+                 opt: OptimizerConfig, accum_steps: int):
+        super().__init__(auto_prefix=False)
+        accum = ParameterTuple(optimizer.parameters).clone(prefix="accum", init="zeros")
+        loss_sum = Parameter(Tensor(0.0, ms.float32), name="accum.loss_sum", requires_grad=False)
+        self.accumulate_step = AccumulateStep(network, optimizer.parameters, accum, loss_scale, loss_sum)
+        self.apply_step = ApplyStep(optimizer, accum, loss_scale, loss_sum, opt, accum_steps)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    """mean training loss of the step (over micro-batches and data-parallel ranks)."""
+    overflow: bool
+    """True if the gradients were not finite and the update was skipped."""
+    grad_norm: float
+    """global gradient norm before clipping."""
+    loss_scale: float
+    """loss scale after the step's update."""
+
+
+class Trainer:
+    """Builds the step Cells for `network` (a loss Cell) and runs one optimizer step at a time.
+
+    `cell` is what checkpoints save and load (`mindspore.save_checkpoint(trainer.cell, ...)`).
+    """
+
+    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, opt: OptimizerConfig, *, accum_steps: int = 1):
+        self.accum_steps = accum_steps
+        self.loss_scale = Parameter(Tensor(opt.loss_scale, ms.float32), name="loss_scale", requires_grad=False)
+        if accum_steps == 1:
+            self.cell: nn.Cell = TrainStep(network, optimizer, self.loss_scale, opt)
+        else:
+            self.cell = AccumTrainCell(network, optimizer, self.loss_scale, opt, accum_steps)
+        self.cell.set_train(True)
+        self.optimizer = optimizer
+
+    def step(self, micro_batches: list[tuple]) -> StepResult:
+        """micro_batches: `accum_steps` tuples (input_ids, position_ids, attention_mask)."""
+        if len(micro_batches) != self.accum_steps:
+            raise ValueError(f"expected {self.accum_steps} micro-batches, got {len(micro_batches)}")
+        if self.accum_steps == 1:
+            loss, overflow, norm = self.cell(*micro_batches[0])
+            loss_value = float(loss.asnumpy())
+        else:
+            for mb in micro_batches:
+                self.cell.accumulate_step(*mb)
+            loss, overflow, norm = self.cell.apply_step()
+            loss_value = float(loss.asnumpy())
+        return StepResult(loss=loss_value, overflow=bool(overflow.asnumpy()), grad_norm=float(norm.asnumpy()),
+                          loss_scale=float(self.loss_scale.asnumpy()))
+
+    @property
+    def optimizer_step(self) -> int:
+        """Optimizer updates applied so far (skipped overflow steps not counted)."""
+        return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
