@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 def _mesh_problems(p: ParallelConfig, devices: int) -> list[str]:
     out = []
     if p.devices != devices:
+        hint = (f" (e.g. parallel.dp={devices // (p.mp * p.pp)})" if devices % (p.mp * p.pp) == 0
+                else f" ({devices} is not divisible by mp*pp={p.mp * p.pp}: change mp or pp too)")
         out.append(f"parallel.dp*mp*pp = {p.dp}*{p.mp}*{p.pp} = {p.devices} but there are {devices} devices: "
-                   f"make dp*mp*pp equal {devices} (e.g. parallel.dp={max(1, devices // (p.mp * p.pp))} "
-                   f"if {devices} is divisible by mp*pp={p.mp * p.pp})")
+                   f"make dp*mp*pp equal {devices}{hint}")
     if p.ep != 1:
         out.append(f"parallel.ep={p.ep}: expert parallelism is reserved for PanGu-Sigma; "
                    "PanGu-alpha is dense, set parallel.ep=1")
@@ -29,13 +30,13 @@ def _mesh_problems(p: ParallelConfig, devices: int) -> list[str]:
 def _model_problems(m: ModelConfig, p: ParallelConfig) -> list[str]:
     out = []
     if p.mp > 1:
-        for name, value in (("num_heads", m.num_heads), ("hidden_size", m.hidden_size),
-                            ("ffn_hidden_size", m.ffn_hidden_size), ("vocab_size", m.vocab_size)):
+        checks = [("num_heads", m.num_heads, "attention and Q/K/V outputs are split over heads"),
+                  ("ffn_hidden_size", m.ffn_hidden_size, "the FFN inner dimension is split")]
+        if p.pp > 1 or not p.vocab_emb_dp:
+            checks.append(("vocab_size", m.vocab_size, "the embedding table and logits are split over the "
+                           "vocabulary (vocab_emb_dp=false or pp>1)"))
+        for name, value, why in checks:
             if value % p.mp:
-                why = {"num_heads": "attention is split over heads",
-                       "hidden_size": "Q/K/V outputs are split over heads",
-                       "ffn_hidden_size": "the FFN inner dimension is split",
-                       "vocab_size": "logits and cross-entropy are vocab-parallel"}[name]
                 out.append(f"model.{name}={value} is not divisible by parallel.mp={p.mp} ({why}): "
                            f"pick mp from {_divisors_up_to(value, 64)} or change model.{name}")
     if m.num_layers < p.pp:
