@@ -76,7 +76,7 @@ cmd=("$MSRUN" "--worker_num=$WORKER_NUM" "--local_worker_num=$LOCAL_WORKER_NUM" 
 
 echo "node $NODE_RANK: $LOCAL_WORKER_NUM of $WORKER_NUM workers ($BACKEND), master $MASTER_ADDR:$MASTER_PORT, logs in $LOG_DIR" >&2
 if [ "$DRY_RUN" = 1 ]; then
-  printf 'GLOG_v=%q PATH=%q:%s' "${GLOG_v:-3}" "$PY_DIR" '$PATH'
+  printf 'GLOG_v=%q PATH=%q:%s' "${GLOG_v:-3}" "$PY_DIR" "\$PATH"
   printf ' %q' "${cmd[@]}"
   printf '\n'
   exit 0

@@ -1,0 +1,209 @@
+"""The shell launchers: shellcheck, exact dry-run output, failure handling, Ctrl-C, CPU msrun."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = ROOT / "launch" / "run_distributed.sh"
+MSRUN = ROOT / "launch" / "run_msrun.sh"
+PY = sys.executable
+
+
+def sh(*argv: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GLOG_v="3")
+    return subprocess.run(["bash", *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=ROOT)
+
+
+def test_shellcheck_every_script():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (CI installs it: apt-get install -y shellcheck)")
+    scripts = sorted(str(p) for p in (ROOT / "launch").glob("*.sh"))
+    assert len(scripts) >= 2
+    res = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+
+
+def test_run_distributed_dry_run_prints_exact_commands(two_server_table, make_config, tmp_path):
+    cfg = make_config(dp=16)
+    run_dir = tmp_path / "rd"
+    res = sh(DIST, "--rank-table", two_server_table, "--config", cfg, "--server-index", "1", "--python", PY,
+             "--run-dir", run_dir, "--set", "train.steps=5", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    cmd = f"{PY} -m pangu_ms pretrain --config {cfg} --set train.steps=5 --set run.device=Ascend"
+    expected = [f"RANK_TABLE_FILE={two_server_table} RANK_ID={8 + i} DEVICE_ID={i} RANK_SIZE=16 {cmd} "
+                f"> {run_dir}/rank_{8 + i}.log 2>&1" for i in range(8)]
+    assert res.stdout.splitlines() == expected
+    assert "server 1 (10.0.0.2): 8 of 16 ranks" in res.stderr
+    assert not run_dir.exists()  # a dry run starts and creates nothing
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--set", "parallel.dp=2"], "dp*mp*pp = 2*1*1 = 2 but the rank table"),
+    (["--set", "data.output_dir=/nonexistent/pangu"], "no prepared data in /nonexistent/pangu"),
+    (["--server-index", "5"], "server index 5 is out of range"),
+    (["--set", "train.global_batch_size=0"], "global_batch_size=0"),
+])
+def test_run_distributed_preflight_failures_start_nothing(two_server_table, make_config, tmp_path, extra, msg):
+    run_dir = tmp_path / "rd"
+    args = ["--rank-table", two_server_table, "--config", make_config(dp=16), "--server-index", "0",
+            "--python", PY, "--run-dir", run_dir, *extra]
+    res = sh(DIST, *args)
+    assert res.returncode == 2
+    assert msg in res.stderr and "no process was started" in res.stderr
+    assert not run_dir.exists()
+
+
+def test_run_distributed_missing_table(make_config, tmp_path):
+    res = sh(DIST, "--rank-table", tmp_path / "none.json", "--config", make_config(dp=16), "--server-index", "0",
+             "--python", PY)
+    assert res.returncode == 2 and "rank table not found" in res.stderr
+
+
+def test_run_msrun_dry_run_single_and_multi_node(make_config, tmp_path):
+    cfg = make_config(dp=16)
+    bindir = Path(PY).parent
+    res = sh(MSRUN, "--config", cfg, "--python", PY, "--log-dir", tmp_path / "logs", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        f"GLOG_v=3 PATH={bindir}:$PATH {bindir}/msrun --worker_num=16 --local_worker_num=16 "
+        f"--master_addr=127.0.0.1 --master_port=8118 --node_rank=0 --log_dir={tmp_path}/logs --join=True "
+        f"--cluster_time_out=600 python -m pangu_ms pretrain --config {cfg} --set run.device=Ascend"]
+    res = sh(MSRUN, "--config", cfg, "--python", PY, "--worker-num", "16", "--local-worker-num", "8",
+             "--master-addr", "10.0.0.1", "--master-port", "9000", "--node-rank", "1", "--cluster-timeout", "300",
+             "--log-dir", tmp_path / "logs", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert ("--worker_num=16 --local_worker_num=8 --master_addr=10.0.0.1 --master_port=9000 --node_rank=1 "
+            f"--log_dir={tmp_path}/logs --join=True --cluster_time_out=300 python -m pangu_ms pretrain") in res.stdout
+    assert "node 1: 8 of 16 workers (ascend)" in res.stderr
+
+
+def test_run_msrun_preflight_failure(make_config):
+    res = sh(MSRUN, "--config", make_config(dp=2), "--python", PY, "--worker-num", "4", "--dry-run")
+    assert res.returncode == 2
+    assert "the msrun job has 4 rank(s)" in res.stderr and "no process was started" in res.stderr
+
+
+def test_cpu_backend_on_run_distributed_delegates_to_msrun(make_config, tmp_path):
+    cfg = make_config(dp=2)
+    res = sh(DIST, "--backend", "cpu", "--config", cfg, "--python", PY, "--run-dir", tmp_path / "cpu", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "--worker_num=2 --local_worker_num=2" in res.stdout
+    assert res.stdout.rstrip().endswith(f"pretrain --config {cfg} --set run.device=CPU")
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def fake_python(tmp_path: Path, fail_rank: str) -> Path:
+    """An interpreter stand-in: pre-flight runs for real, 'training' sleeps, one rank fails."""
+    exe = tmp_path / "fakepy"
+    exe.write_text(f"""#!/usr/bin/env bash
+if [ "$2" = pangu_ms.launch.preflight ]; then exec {shlex.quote(PY)} "$@"; fi
+echo "rank $RANK_ID device $DEVICE_ID of $RANK_SIZE table $RANK_TABLE_FILE args $*"
+if [ "$RANK_ID" = "{fail_rank}" ]; then sleep 1; echo "boom" >&2; exit 3; fi
+exec sleep 60
+""")
+    exe.chmod(0o755)
+    return exe
+
+
+def two_device_table(tmp_path: Path) -> Path:
+    from pangu_ms.cli import main
+    out = tmp_path / "t2.json"
+    assert main(["rank-table", "build", "--ips", "10.1.0.1,10.1.0.2", "--devices", "0-1", "--server-id", "10.0.0.1",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def gone(pid: int, wait: float = 10.0) -> bool:
+    end = time.time() + wait
+    while time.time() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_failed_rank_stops_the_others_and_is_named(tmp_path, make_config):
+    run_dir = tmp_path / "rd"
+    res = sh(DIST, "--rank-table", two_device_table(tmp_path), "--config", make_config(dp=2), "--server-index", "0",
+             "--python", fake_python(tmp_path, fail_rank="1"), "--run-dir", run_dir, timeout=60)
+    assert res.returncode == 1
+    assert f"rank 1 (device 1) failed with exit code 3; its log: {run_dir}/rank_1.log" in res.stderr
+    assert "rank 1 | boom" in res.stderr
+    assert "rank 0 device 0 of 2 table" in (run_dir / "rank_0.log").read_text()
+    assert (run_dir / "commands.sh").is_file()
+    assert gone(int((run_dir / "rank_0.pid").read_text()))
+
+
+def test_ctrl_c_stops_every_rank(tmp_path, make_config):
+    run_dir = tmp_path / "rd"
+    proc = subprocess.Popen(["bash", str(DIST), "--rank-table", str(two_device_table(tmp_path)), "--config",
+                             str(make_config(dp=2)), "--server-index", "0", "--python",
+                             str(fake_python(tmp_path, fail_rank="none")), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    pid_files = [run_dir / "rank_0.pid", run_dir / "rank_1.pid"]
+    end = time.time() + 60
+    while not all(p.is_file() and p.read_text().strip() for p in pid_files) and time.time() < end:
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in pid_files]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted: stopping all 2 ranks" in err
+    assert all(gone(p) for p in pids)
+
+
+# --------------------------------------------------------------------------- CPU, end to end
+
+
+def _pretrain_available() -> bool:
+    res = subprocess.run([PY, "-m", "pangu_ms", "pretrain", "--help"], capture_output=True, text=True)
+    return res.returncode == 0
+
+
+def write_real_data(out: Path, *, seq_length: int = 16, vocab: int = 96, rows: int = 64) -> Path:
+    """Random-token MindRecord shards in the `prepare` layout (train and heldout) plus a manifest."""
+    import numpy as np
+    from mindspore.mindrecord import FileWriter
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", rows), ("heldout", rows // 4)):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        w = FileWriter(str(out / split / f"{split}.mindrecord"), shard_num=2, overwrite=True)
+        w.add_schema({"input_ids": {"type": "int32", "shape": [seq_length + 1]}}, "rows")
+        w.write_raw_data([{"input_ids": r} for r in rng.integers(10, vocab, (n, seq_length + 1), dtype=np.int32)])
+        w.commit()
+    (out / "manifest.json").write_text('{"toy": true}')
+    return out
+
+
+@pytest.mark.msrun
+@pytest.mark.e2e
+def test_cpu_backend_runs_two_data_parallel_workers(tmp_path, make_config):
+    if not _pretrain_available():
+        pytest.skip("`python -m pangu_ms pretrain` does not exist yet")
+    data = write_real_data(tmp_path / "real_data")
+    out, logs = tmp_path / "train_out", tmp_path / "msrun_logs"
+    port = str(20000 + os.getpid() % 20000)
+    res = sh(MSRUN, "--backend", "cpu", "--config", make_config(dp=2, batch=8, steps=2), "--python", PY,
+             "--worker-num", "2", "--master-port", port, "--log-dir", logs, "--cluster-timeout", "120",
+             "--set", f"data.output_dir={data}", "--set", f"run.output_dir={out}", timeout=600)
+    assert res.returncode == 0, res.stderr + "".join(p.read_text()[-2000:] for p in logs.glob("worker_*.log"))
+    assert sorted(p.name for p in logs.glob("worker_*.log")) == ["worker_0.log", "worker_1.log"]
+    assert "msrun finished: 2 workers" in res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
