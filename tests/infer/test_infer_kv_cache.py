@@ -1,24 +1,12 @@
 """Cached decoding equals full recompute; one prompt graph per shape and one step graph."""
 from __future__ import annotations
 
-import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
 
+from infer_fixtures import SEQ, no_compile_cache, tiny_lm  # noqa: F401 (fixtures)
 from pangu_ms.infer.decoder import CacheFullError, GenerationError, IncrementalDecoder, left_pad
-from pangu_ms.models.pangu_alpha import PanguAlphaLM
-from conftest import tiny_model_config
-
-SEQ = 16
-
-
-@pytest.fixture(scope="session")
-def tiny_lm() -> PanguAlphaLM:
-    ms.set_seed(7)
-    lm = PanguAlphaLM(tiny_model_config(seq_length=SEQ))
-    lm.set_train(False)
-    return lm
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +25,11 @@ def full_logits(tiny_lm):
         return tiny_lm(Tensor(ids), pos, mask).asnumpy()[len(seq) - 1]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def decoder1(tiny_lm) -> IncrementalDecoder:
+    return IncrementalDecoder(tiny_lm, batch_size=1, max_length=SEQ, prompt_bucket=1)
 
 
 @pytest.fixture(scope="session")
@@ -62,10 +55,9 @@ def _greedy_check(dec: IncrementalDecoder, prompts: list[list[int]], full_logits
 
 
 @pytest.mark.parametrize("length", [1, 5, SEQ - 1])
-def test_cached_equals_full_recompute_unbatched(tiny_lm, full_logits, length):
-    dec = IncrementalDecoder(tiny_lm, batch_size=1, max_length=SEQ, prompt_bucket=1)
+def test_cached_equals_full_recompute_unbatched(decoder1, full_logits, length):
     prompt = list(np.random.default_rng(length).integers(10, 96, length))
-    worst, steps = _greedy_check(dec, [prompt], full_logits)
+    worst, steps = _greedy_check(decoder1, [prompt], full_logits)
     assert steps == SEQ - length  # every slot up to the cache limit was decoded
     assert worst < 1e-4
 
