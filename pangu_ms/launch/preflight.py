@@ -4,8 +4,11 @@
 --workers N [--local-workers L])` checks, in order:
 
 1. the config loads and every section validates (`load_config`);
-2. the rank table parses and validates, and the server index is in range (rank-table mode);
-3. the number of ranks (table ranks, or msrun workers) equals the config's dp*mp*pp;
+2. the rank table parses and validates, the server index is in range and, on an Ascend host,
+   the table's devices for this server exist (`/dev/davinci<id>`) (rank-table mode; a server
+   id that is not one of this machine's addresses is only a warning);
+3. the number of ranks (table ranks, or msrun workers) equals the config's dp*mp*pp (a config
+   left at dp=mp=pp=1 runs N-way data parallel, as `pretrain` does);
 4. the parallel layout fits the model and batch (`pangu_ms.parallel.validate`);
 5. the prepared training data exists (`pangu_ms.data.prepare.shard_files`).
 
@@ -19,12 +22,15 @@ import argparse
 import glob
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pangu_ms.config import JobConfig, load_config
 from pangu_ms.errors import ConfigError, DataError, PanguError
-from pangu_ms.launch.rank_table import load_table
+from pangu_ms.launch.rank_table import RankTableError, load_table
+from pangu_ms.launch.sources import local_addresses
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +50,53 @@ class LaunchPlan:
 
 
 def check_layout(job: JobConfig, world: int, source: str) -> str:
-    """dp*mp*pp == world, then the full parallel validation (model, batch, backend)."""
+    """dp*mp*pp == world (or a dp-only config left at 1), then the full parallel validation."""
     p = job.parallel
-    if p.devices != world:
+    try:
+        from pangu_ms.parallel.context import effective_parallel
+        from pangu_ms.parallel.validate import validate
+    except ImportError:  # hook: without the parallel package only the device count is checked
+        effective_parallel = validate = None
+    if p.devices != world and (effective_parallel is None or p.devices != 1):
         raise ConfigError(f"the config's parallel.dp*mp*pp = {p.dp}*{p.mp}*{p.pp} = {p.devices} but {source} has "
                           f"{world} rank(s): make them equal, e.g. --set parallel.dp={max(1, world // (p.mp * p.pp))}"
                           f" (if {world} is divisible by mp*pp={p.mp * p.pp})")
-    try:
-        from pangu_ms.parallel.validate import validate
-    except ImportError:  # hook: the parallel package is optional for launching
+    if validate is None:
         return f"devices: dp*mp*pp = {p.devices} = {source} ranks (parallel.validate not available)"
+    note = ""
+    if p.devices != world:  # the same rule pretrain applies (pangu_ms.parallel.context.effective_parallel)
+        p = effective_parallel(p, world)
+        note = f" (the config's dp*mp*pp = 1 runs as {world}-way data parallel)"
     validate(job.model, p, devices=world, global_batch=job.train.global_batch_size,
              grad_accum_steps=job.train.grad_accum_steps, device=job.run.device)
-    return f"parallel layout: dp={p.dp} mp={p.mp} pp={p.pp} on {world} rank(s) validates"
+    return f"parallel layout: dp={p.dp} mp={p.mp} pp={p.pp} on {world} rank(s) validates{note}"
+
+
+def check_local_devices(device_ids: list[int], *, dev_dir: str = "/dev") -> str:
+    """On an Ascend host (`/dev/davinci_manager` present) every listed device must exist here."""
+    dev = Path(dev_dir)
+    if not (dev / "davinci_manager").exists():
+        return "device nodes: no /dev/davinci_manager here (not an Ascend host?), not checked"
+    missing = [d for d in device_ids if not (dev / f"davinci{d}").exists()]
+    if missing:
+        have = sorted(int(p.name[7:]) for p in dev.glob("davinci[0-9]*") if p.name[7:].isdigit())
+        raise RankTableError(f"the table gives this server devices {device_ids} but {dev}/davinci{missing[0]} does "
+                             f"not exist (this machine has devices {have}): check --server-index and --devices")
+    return f"device nodes: {dev}/davinci{{{','.join(map(str, device_ids))}}} exist"
+
+
+def warn_if_not_local(server_id: str, server_index: int) -> None:
+    """Warn when the table's server id is an IP this machine does not seem to have."""
+    if not all(part.isdigit() for part in server_id.split(".")):
+        return
+    addrs = set(local_addresses())
+    try:
+        addrs.update(subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout.split())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if addrs and server_id not in addrs:
+        log.warning("server index %d is %s, which is not among this machine's addresses (%s): "
+                    "check --server-index", server_index, server_id, ", ".join(sorted(addrs)))
 
 
 def check_data(job: JobConfig) -> str:
@@ -91,6 +131,9 @@ def preflight(*, config: str, overrides: list[str] | None = None, rank_table: st
         checks.append(f"rank table: {rank_table} (version {table.version}, {len(table.servers)} server(s), "
                       f"{table.rank_size} ranks); server {server_index} = {server.server_id}, devices "
                       f"{[d.device_id for d in devices]} -> ranks {devices[0].rank_id}..{devices[-1].rank_id}")
+        if job.run.device == "Ascend":
+            checks.append(check_local_devices([d.device_id for d in devices]))
+        warn_if_not_local(server.server_id, server_index)
         source = f"the rank table {rank_table}"
     else:
         world = job.parallel.devices if workers is None else workers

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pangu_ms.errors import ConfigError, DataError
-from pangu_ms.launch.preflight import main, preflight
+from pangu_ms.launch.preflight import check_local_devices, main, preflight, warn_if_not_local
 from pangu_ms.launch.rank_table import RankTableError
 
 
@@ -44,6 +44,8 @@ def test_missing_data_and_table_and_bad_index(tmp_path, two_server_table, make_c
 def test_msrun_mode_counts_workers(make_config):
     cfg = str(make_config(dp=2))
     assert preflight(config=cfg).rank_size == 2  # default: the config's dp*mp*pp
+    plan = preflight(config=str(make_config("dp1.yaml", dp=1)), workers=4)  # dp-only config left at 1
+    assert plan.rank_size == 4 and "runs as 4-way data parallel" in plan.checks[1]
     with pytest.raises(ConfigError, match="has 4 rank"):
         preflight(config=cfg, workers=4)
     with pytest.raises(ConfigError, match="--local-workers 3"):
@@ -59,3 +61,18 @@ def test_main_prints_the_plan_for_the_shell(two_server_table, make_config, capsy
     assert "pre-flight ok: data: 1 training shard(s)" in out.err
     assert main(argv[:-4]) == 2
     assert "error: pre-flight: --server-index is required with --rank-table" in capsys.readouterr().err
+
+
+def test_local_device_nodes_on_an_ascend_host(tmp_path):
+    assert "not checked" in check_local_devices([0, 1], dev_dir=str(tmp_path))
+    for name in ("davinci_manager", "davinci0", "davinci1"):
+        (tmp_path / name).touch()
+    assert "exist" in check_local_devices([0, 1], dev_dir=str(tmp_path))
+    with pytest.raises(RankTableError, match=r"davinci8 does not exist \(this machine has devices \[0, 1\]\)"):
+        check_local_devices([8, 9], dev_dir=str(tmp_path))
+
+
+def test_server_id_of_another_machine_is_a_warning(caplog):
+    with caplog.at_level("WARNING"):
+        warn_if_not_local("203.0.113.77", 3)
+    assert "server index 3 is 203.0.113.77, which is not among this machine's addresses" in caplog.text
