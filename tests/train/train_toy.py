@@ -1,4 +1,4 @@
-"""Fixtures for training tests: toy MindRecord shards in the `prepare` layout and run configs.
+"""Helpers for training tests (not a conftest: one `conftest` module name per suite): toy MindRecord shards in the `prepare` layout and run configs.
 
 The toy corpus is learnable (each document counts up from a random start with a random
 stride, modulo the vocabulary) and packed with the end-of-document id between documents.
@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 TOY_MODEL = dict(vocab_size=96, seq_length=16, num_layers=3, hidden_size=32, ffn_hidden_size=64,
@@ -59,8 +58,3 @@ def write_run_config(path: Path, data_dir: Path, out_dir: Path, **sections) -> P
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
 
-
-@pytest.fixture(scope="session")
-def toy_data(tmp_path_factory) -> Path:
-    return write_prepared(tmp_path_factory.mktemp("toy_data"), seq_length=TOY_MODEL["seq_length"],
-                          vocab_size=TOY_MODEL["vocab_size"])
