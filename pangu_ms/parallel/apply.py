@@ -10,8 +10,8 @@ strategy does not divide.
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
+import re
 
 from mindspore import nn
 
@@ -20,6 +20,9 @@ from pangu_ms.errors import PanguError
 from pangu_ms.parallel.plans import PARAM_CONSUMERS, Plan, resolve
 
 log = logging.getLogger(__name__)
+
+
+RECOMPUTE_WRAPPER = "_recompute_cell"
 
 
 class PlanError(PanguError):
@@ -38,7 +41,8 @@ def _join(prefix: str, name: str) -> str:
 def named_cells(model: nn.Cell) -> dict[str, nn.Cell]:
     """Plan-relative cell path -> cell."""
     pre = _prefix(model)
-    return {_join(pre, name): cell for name, cell in model.cells_and_names()}
+    # `Cell.recompute()` adds a `_recompute_cell` wrapper child: not part of the model
+    return {_join(pre, name): cell for name, cell in model.cells_and_names() if RECOMPUTE_WRAPPER not in name}
 
 
 def named_primitives(model: nn.Cell) -> dict[str, object]:
@@ -56,8 +60,14 @@ def _applicable(glob: str, model: nn.Cell) -> bool:
     return bool(_prefix(model) == "" or not (glob == "loss" or glob.startswith("loss.")))
 
 
+def glob_regex(glob: str) -> re.Pattern:
+    """A plan glob as a regex: `*` stands for one path component (it never crosses a dot)."""
+    return re.compile(re.escape(glob).replace(r"\*", r"[^.]+"))
+
+
 def _match(glob: str, names: list[str], what: str) -> list[str]:
-    hits = [n for n in names if fnmatch.fnmatchcase(n, glob)]
+    rx = glob_regex(glob)
+    hits = [n for n in names if rx.fullmatch(n)]
     if not hits:
         near = sorted(n for n in names if n.rsplit(".", 1)[-1] == glob.rsplit(".", 1)[-1])[:3]
         hint = f"; {what}s with the same last name: {', '.join(near)}" if near else ""

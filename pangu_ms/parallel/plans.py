@@ -1,7 +1,7 @@
 """Shard plans as data: one pure function per model family.
 
 A plan maps op-path globs (relative to `PanguAlphaWithLoss`: `lm.backbone.blocks.*.attention
-.linear_q.matmul`) to a strategy in LOGICAL axis names, one tuple per primitive input, one
+.linear_q.matmul`; `*` stands for exactly one path component) to a strategy in LOGICAL axis names, one tuple per primitive input, one
 name per tensor dimension (`None`: not split; `()` a scalar input). `RULES` maps each logical
 name to a `ParallelConfig` field, so the same plan serves every mesh. A strategy of `None`
 (`REPLICATED`) marks a primitive deliberately left without a strategy (casts, zeros_like):

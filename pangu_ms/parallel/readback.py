@@ -13,7 +13,7 @@ from typing import Any
 
 from mindspore import nn
 
-from pangu_ms.parallel.apply import named_cells, named_primitives
+from pangu_ms.parallel.apply import RECOMPUTE_WRAPPER, named_cells, named_primitives
 
 _BLOCK = re.compile(r"\.blocks\.(\d+)(?=\.|$)")
 
@@ -58,7 +58,10 @@ def read_stages(model: nn.Cell) -> dict[str, int]:
 
 def read_recompute(model: nn.Cell) -> list[str]:
     """Cells on which `recompute()` was called."""
-    return [p for p, c in named_cells(model).items() if getattr(c, "_recompute_cell", None) is not None]
+    pre = "" if hasattr(model, "lm") else "lm"
+    suffix = "." + RECOMPUTE_WRAPPER
+    return [".".join(x for x in (pre, name[: -len(suffix)]) if x)
+            for name, _ in model.cells_and_names() if name.endswith(suffix)]
 
 
 def _layer_of(name: str) -> str:
