@@ -10,7 +10,8 @@
 # Before starting anything, `python -m pangu_ms.launch.preflight` checks that the table parses,
 # that its rank count equals the config's dp*mp*pp, that the config validates and that the
 # training data exists. Each rank gets RANK_TABLE_FILE, RANK_ID, DEVICE_ID and RANK_SIZE and runs
-# `python -m pangu_ms pretrain --config RUN.yaml`; its log and pid go to DIR/rank_<id>.{log,pid}.
+# `python -m pangu_ms pretrain --config RUN.yaml`; its log and pid go to DIR/rank_<id>.{log,pid}
+# (default DIR: runs/launch/<time>_server<I>; DIR/commands.sh holds the exact commands).
 # If one rank exits with an error the others are stopped; Ctrl-C stops all of them.
 set -euo pipefail
 
@@ -19,7 +20,7 @@ RANK_TABLE="" CONFIG="" SERVER_INDEX="" RUN_DIR="" BACKEND="ascend" WORKERS="" D
 PY="${PYTHON:-python3}"
 SETS=()
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit "${1:-2}"; }
 die() { echo "error: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do

@@ -20,7 +20,7 @@ NODE_RANK="0" LOG_DIR="" CLUSTER_TIMEOUT="600" DRY_RUN=0
 PY="${PYTHON:-python3}"
 SETS=()
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit "${1:-2}"; }
 die() { echo "error: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do

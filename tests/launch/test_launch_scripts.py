@@ -207,3 +207,11 @@ def test_cpu_backend_runs_two_data_parallel_workers(tmp_path, make_config):
     assert "msrun finished: 2 workers" in res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
+
+
+def test_help_and_unknown_arguments():
+    for script in (DIST, MSRUN):
+        res = sh(script, "--help")
+        assert res.returncode == 0 and "--dry-run" in res.stdout and "set -euo" not in res.stdout
+        res = sh(script, "--bogus")
+        assert res.returncode == 2 and "unknown argument '--bogus'" in res.stderr
