@@ -26,6 +26,8 @@ from typing import Any
 from pangu_ms.errors import PanguError
 
 VERSIONS = ("1.0", "1.2")
+_DEVICE_FIELDS = {"device_id", "device_ip", "rank_id", "super_device_id"}
+_SERVER_FIELDS = {"server_id", "host_ip", "device", "host_nic_ip"}
 MAX_DEVICE_ID = 15  # 8 NPUs per 910A/910B server (0-7); 16 dies per A3 server (0-15)
 
 
@@ -41,6 +43,8 @@ class Device:
     device_ip: str
     rank_id: int = -1
     super_device_id: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+    """other HCCL device fields, kept as given (1.2: device_port, backup_device_ip, backup_device_port, host_port)."""
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Server:
     devices: list[Device]
     host_ip: str | None = None
     super_pod_id: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+    """other server fields, kept as given (e.g. container_ip)."""
 
 
 @dataclass
@@ -122,6 +128,11 @@ def _check_devices(server: Server, version: str, seen_ips: dict[str, str]) -> No
             raise RankTableError(f"{dwhere}: device_ip {d.device_ip} is also used by {seen_ips[d.device_ip]}; "
                                  "every device needs its own address")
         seen_ips[d.device_ip] = dwhere
+        for key, value in d.extra.items():
+            if key.endswith("_ip"):
+                d.extra[key] = check_ip(value, f"{dwhere} {key}")
+            elif key.endswith("_port") and not (str(value).isdigit() and 0 < int(value) < 65536):
+                raise RankTableError(f"{dwhere}: {key} {value!r} is not a port number (1-65535)")
         if version == "1.2" and d.super_device_id is None:
             raise RankTableError(f"{dwhere}: version 1.2 needs a super_device_id")
     if version == "1.2":
@@ -208,8 +219,10 @@ def to_json(table: RankTable) -> dict[str, Any]:
             dev = {"device_id": str(d.device_id), "device_ip": d.device_ip}
             if d.super_device_id is not None:
                 dev["super_device_id"] = str(d.super_device_id)
+            dev.update({k: str(v) for k, v in d.extra.items()})
             dev["rank_id"] = str(d.rank_id)
             devs.append(dev)
+        entry.update({k: v for k, v in s.extra.items() if k not in entry})
         entry["device"] = devs
         servers.append(entry)
     doc: dict[str, Any] = {"version": table.version, "server_count": str(len(table.servers)), "server_list": servers}
@@ -243,8 +256,11 @@ def _server_from_json(entry: Any, i: int, pod_of: dict[str, str], src: str) -> S
         devices.append(Device(device_id=_int_field(dev["device_id"], f"{where} device_id"),
                               device_ip=str(dev["device_ip"]),
                               rank_id=_int_field(dev.get("rank_id", -1), f"{where} rank_id"),
-                              super_device_id=None if sdid is None else _int_field(sdid, f"{where} super_device_id")))
-    return Server(server_id=sid, devices=devices, host_ip=entry.get("host_ip"), super_pod_id=pod_of.get(sid))
+                              super_device_id=None if sdid is None else _int_field(sdid, f"{where} super_device_id"),
+                              extra={k: str(v) for k, v in dev.items() if k not in _DEVICE_FIELDS}))
+    extra = {k: v for k, v in entry.items() if k not in _SERVER_FIELDS}
+    return Server(server_id=sid, devices=devices, host_ip=entry.get("host_ip"), super_pod_id=pod_of.get(sid),
+                  extra=extra)
 
 
 def from_json(doc: Any, source: str = "<table>") -> RankTable:

@@ -12,6 +12,9 @@ Input format (`python -m pangu_ms rank-table superpod --input cluster.yaml --out
               - {device_id: 1, device_ip: 192.168.1.7, super_device_id: 1}
     devices_per_server: 16            # optional: refuse servers with another device count
 
+Optional per device, copied into the table as HCCL documents them: `device_port`,
+`backup_device_ip`, `backup_device_port`, `host_port`.
+
 `device_ip` is the die's NIC address (`hccn_tool -i <device_id> -ip -g`); `super_device_id`
 is its id inside the super pod (`npu-smi info -t spod-info -i <card> -c <chip>`: "SDID",
 with card = device_id // 2 and chip = device_id % 2). Ranks are numbered 0..N-1 in the
@@ -30,6 +33,7 @@ from pangu_ms.launch.rank_table import Device, RankTable, RankTableError, Server
 _POD_KEYS = {"super_pod_id", "servers"}
 _SERVER_KEYS = {"server_id", "host_ip", "devices"}
 _DEVICE_KEYS = {"device_id", "device_ip", "super_device_id"}
+_DEVICE_OPTIONAL = {"device_port", "backup_device_ip", "backup_device_port", "host_port"}
 
 
 def _keys(entry: Any, allowed: set[str], required: set[str], where: str) -> dict[str, Any]:
@@ -58,9 +62,10 @@ def _server(entry: Any, pod_id: str, where: str) -> Server:
     devices = []
     for j, d in enumerate(e["devices"]):
         dw = f"server {sid} devices[{j}]"
-        d = _keys(d, _DEVICE_KEYS, _DEVICE_KEYS, dw)
+        d = _keys(d, _DEVICE_KEYS | _DEVICE_OPTIONAL, _DEVICE_KEYS, dw)
         devices.append(Device(device_id=_int(d["device_id"], f"{dw} device_id"), device_ip=str(d["device_ip"]),
-                              super_device_id=_int(d["super_device_id"], f"{dw} super_device_id")))
+                              super_device_id=_int(d["super_device_id"], f"{dw} super_device_id"),
+                              extra={k: str(d[k]) for k in sorted(_DEVICE_OPTIONAL & set(d))}))
     return Server(server_id=sid, devices=devices, host_ip=str(e["host_ip"]), super_pod_id=pod_id)
 
 

@@ -240,3 +240,34 @@ def test_superpod_tables_merge_with_contiguous_pods(tmp_path):
     assert [s.server_id for s in table.servers] == ["node_2", "node_3", "node_0", "node_1"]
     assert [d.rank_id for d in table.server_ranks(2)] == [8, 9, 10, 11]
     assert json.loads(merged.read_text())["super_pod_list"][0]["super_pod_id"] == "1"
+
+
+def test_optional_hccl_fields_are_checked_and_kept(tmp_path):
+    doc = _pod_doc()
+    dev = doc["super_pods"][0]["servers"][0]["devices"][0]
+    dev.update(device_port=16666, backup_device_ip="192.168.1.7", backup_device_port=16667, host_port=16665)
+    out = tmp_path / "sp.json"
+    from pangu_ms.launch.rank_table import write_table
+    write_table(superpod_table(doc), out)
+    first = json.loads(out.read_text())["server_list"][0]["device"][0]
+    assert first == {"device_id": "0", "device_ip": "192.168.1.6", "super_device_id": "0",
+                     "backup_device_ip": "192.168.1.7", "backup_device_port": "16667", "device_port": "16666",
+                     "host_port": "16665", "rank_id": "0"}
+    dev["device_port"] = 70000
+    with pytest.raises(RankTableError, match="server node_0 device 0: device_port '70000' is not a port number"):
+        superpod_table(doc)
+    dev["device_port"], dev["backup_device_ip"] = 16666, "-.-.-.-"
+    with pytest.raises(RankTableError, match="device 0 backup_device_ip: '-.-.-.-'"):
+        superpod_table(doc)
+
+
+def test_merge_keeps_fields_it_does_not_manage(tmp_path):
+    build(tmp_path, "a.json", "--hccn-conf", str(CONF0), "--server-id", "10.0.0.1")
+    doc = json.loads((tmp_path / "a.json").read_text())
+    doc["server_list"][0]["container_ip"] = "172.17.0.2"  # e.g. written by a cluster scheduler
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    build(tmp_path, "b.json", "--hccn-conf", str(CONF1), "--server-id", "10.0.0.2")
+    out = tmp_path / "m.json"
+    assert cli("merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)) == 0
+    merged = json.loads(out.read_text())["server_list"]
+    assert merged[0]["container_ip"] == "172.17.0.2" and "container_ip" not in merged[1]
