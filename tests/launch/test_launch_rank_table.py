@@ -271,3 +271,13 @@ def test_merge_keeps_fields_it_does_not_manage(tmp_path):
     assert cli("merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)) == 0
     merged = json.loads(out.read_text())["server_list"]
     assert merged[0]["container_ip"] == "172.17.0.2" and "container_ip" not in merged[1]
+
+
+def test_running_hccn_tool(tmp_path):
+    tool = tmp_path / "hccn_tool"
+    tool.write_text('#!/usr/bin/env bash\n[ "$2" = 3 ] && { echo "device 3 not found" >&2; exit 1; }\n'
+                    'echo "ipaddr:192.168.7.$2"; echo "netmask:255.255.255.0"\n')
+    tool.chmod(0o755)
+    assert sources.ips_from_hccn_tool([0, 1], tool=str(tool)) == {0: "192.168.7.0", 1: "192.168.7.1"}
+    with pytest.raises(RankTableError, match="-i 3 -ip -g` failed \\(exit 1\\): device 3 not found"):
+        sources.ips_from_hccn_tool([2, 3], tool=str(tool))
