@@ -2,16 +2,18 @@
 
 - `init_parallel(job) -> ParallelInfo`: launch detection, communication init, parallel context.
 - `validate(model, parallel, devices=, global_batch=)`: every cross-check, before compiling.
-- `plan_for(model_cfg, parallel)`: the shard plan as data ({op path glob: logical strategy}).
-- `parallelize(model, plan, parallel, recompute=None)`: the only code that mutates Cells for
+- `plan_for(model_cfg, parallel, recompute)`: the shard plan as data ({op path glob: logical strategy}).
+- `parallelize(model, plan, parallel)`: the only code that mutates Cells for
   parallelism (shard strategies, pipeline stages, recompute, comm fusion, loss swap).
+- `parallelize_job(model, job, info)`: the above with the job's plan on the mesh in use.
+- `pangu_ms.parallel.ascend`: the Ascend train step (Pipeline/GradAccumulation, loss scale).
 - `RankLayout`: rank <-> (stage, dp, mp) and communication groups.
 """
 from pangu_ms.parallel.context import ParallelInfo, init_parallel
 from pangu_ms.parallel.layout import RankCoords, RankLayout
 from pangu_ms.parallel.validate import validate
 
-__all__ = ["ParallelInfo", "init_parallel", "validate", "RankLayout", "RankCoords", "parallelize", "plan_for"]
+__all__ = ["ParallelInfo", "init_parallel", "validate", "RankLayout", "RankCoords", "parallelize", "parallelize_job", "plan_for"]
 
 
 def __getattr__(name: str):
@@ -19,6 +21,9 @@ def __getattr__(name: str):
     if name == "parallelize":
         from pangu_ms.parallel.apply import parallelize
         return parallelize
+    if name == "parallelize_job":
+        from pangu_ms.parallel.apply import parallelize_job
+        return parallelize_job
     if name == "plan_for":
         from pangu_ms.parallel.plans import plan_for
         return plan_for

@@ -173,3 +173,15 @@ def parallelize(model: nn.Cell, plan: Plan, parallel: ParallelConfig) -> nn.Cell
     log.info("parallelize: %d primitives (%d with a strategy), dp=%d mp=%d pp=%d",
              len(chosen), sum(s is not None for s in chosen.values()), parallel.dp, parallel.mp, parallel.pp)
     return model
+
+
+def parallelize_job(model: nn.Cell, job, info=None) -> nn.Cell:
+    """`parallelize()` with the job's plan on the mesh in use (`info.parallel`, else `job.parallel`).
+
+    The one call a training entry point needs after `init_parallel(job)`; also applies
+    `job.recompute` on a single process.
+    """
+    from pangu_ms.parallel.plans import plan_for
+
+    parallel = info.parallel if info is not None else job.parallel
+    return parallelize(model, plan_for(job.model, parallel, job.recompute), parallel)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pangu_ms.config import JobConfig, ParallelConfig
 from pangu_ms.errors import ConfigError
@@ -40,6 +40,8 @@ class ParallelInfo:
     """model-parallel index of this rank."""
     mode: str = "stand_alone"
     """stand_alone, data_parallel or semi_auto_parallel."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """the mesh in use (the config's, or dp scaled to the launch for a dp-only config)."""
 
 
 def launched_world_size(env: dict[str, str] | None = None) -> int:
@@ -86,7 +88,7 @@ def init_parallel(job: JobConfig) -> ParallelInfo:
         if job.parallel.devices > 1:
             log.warning("parallel config asks for %d devices but this is a single process: running stand-alone",
                         job.parallel.devices)
-        return ParallelInfo()
+        return ParallelInfo(parallel=ParallelConfig(**{**job.parallel.__dict__, "dp": 1, "mp": 1, "pp": 1}))
     parallel = effective_parallel(job.parallel, world)
     validate(job.model, parallel, devices=world, global_batch=job.train.global_batch_size,
              grad_accum_steps=job.train.grad_accum_steps, device=job.run.device)
@@ -100,14 +102,15 @@ def init_parallel(job: JobConfig) -> ParallelInfo:
     layout = RankLayout(dp=parallel.dp, mp=parallel.mp, pp=parallel.pp)
     c = layout.coords(rank)
     if job.run.device == "Ascend":
-        set_ascend_context(parallel, world)
+        strategy = os.path.join(job.run.output_dir, "strategy", f"strategy_rank{rank}.ckpt")
+        set_ascend_context(parallel, world, strategy_file=strategy)
         mode = "semi_auto_parallel"
     else:
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                      device_num=world)
         mode = "data_parallel"
     info = ParallelInfo(rank=rank, world_size=world, dp_rank=c.dp, dp_size=parallel.dp, is_distributed=True,
-                        stage=c.stage, mp_rank=c.mp, mode=mode)
+                        stage=c.stage, mp_rank=c.mp, mode=mode, parallel=parallel)
     log.info("parallel: %s", info)
     return info
 

@@ -146,3 +146,39 @@ def test_model_sources_hold_no_parallel_code():
                          if not line.lstrip().startswith("#"))
         code = re.sub(r'""".*?"""', "", code, flags=re.S)  # docstrings may mention parallelize()
         assert not pattern.search(code), f"{f.relative_to(ROOT)}: {pattern.search(code).group(0)}"
+
+
+def test_parallelize_job_uses_the_mesh_in_use_and_recompute():
+    from pangu_ms.config import JobConfig
+    from pangu_ms.parallel import ParallelInfo, parallelize_job
+
+    cfg = tiny_model_config()
+    job = JobConfig(model=cfg, parallel=ParallelConfig(dp=1), recompute=RecomputeConfig(mode="full"))
+    net = parallelize_job(PanguAlphaWithLoss(cfg), job, ParallelInfo(parallel=ParallelConfig(dp=2)))
+    assert net.lm.backbone.blocks[0].ln1.mean.attrs["in_strategy"] == ((2, 1),)
+    assert "lm.backbone.blocks.*" in read_back(net)["recompute"]
+
+
+def test_ascend_train_step_wraps_micro_batches():
+    """Construction only: the Ascend step cannot be compiled on CPU."""
+    from mindspore import nn as msnn
+    from mindspore.parallel.nn import GradAccumulation, Pipeline
+
+    from pangu_ms.config import JobConfig, TrainConfig
+    from pangu_ms.parallel.ascend import ascend_train_cell
+
+    cfg = tiny_model_config()
+    for parallel, accum, kind in ((ParallelConfig(mp=2, pp=2, micro_batches=4), 1, Pipeline),
+                                  (ParallelConfig(dp=2), 2, GradAccumulation)):
+        job = JobConfig(model=cfg, parallel=parallel, train=TrainConfig(global_batch_size=8, grad_accum_steps=accum))
+        net = parallelize_job_for(job)
+        opt = msnn.AdamWeightDecay(net.trainable_params(), 1e-4)
+        step = ascend_train_cell(net, opt, job)
+        assert isinstance(step.network, kind)
+        assert len(step.reducer.accu_grads) == len(net.trainable_params())
+
+
+def parallelize_job_for(job):
+    from pangu_ms.parallel import parallelize_job
+
+    return parallelize_job(PanguAlphaWithLoss(job.model), job)
