@@ -49,12 +49,12 @@ def _resource(rel: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-_TAG = re.compile(r"/[A-Za-z]+(?:  |$)", re.M)
+_TAG = re.compile(r"/[A-Za-z]+(?: +|$)", re.M)
 _TRAILING_BRACKET = re.compile(r"[（(][^（()）]*[)）]$")
 
 
 def _strip_tags(text: str) -> str:
-    """'迈向/v  充满/v' -> '迈向充满' (PKU word/tag tokens, two spaces apart)."""
+    """'迈向/v  充满/v' -> '迈向充满' (PKU word/tag tokens, two spaces (sometimes one) apart)."""
     return _TAG.sub("", text)
 
 

@@ -46,7 +46,7 @@ def mixing_plan(names: list[str], weights: list[float], epochs: list[float], tok
     for name, p, t, e, d in zip(names, shares, tokens, epochs, docs):
         passes = min(e, p * total / t)
         plan.append({"source": name, "weight_share": round(p, 6), "epochs_cap": e, "docs": d,
-                     "tokens_available": t, "passes": round(passes, 6), "tokens_planned": int(round(passes * t))})
+                     "tokens_available": t, "passes": passes, "tokens_planned": int(round(passes * t))})
     return plan
 
 
