@@ -150,7 +150,10 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     batches = _batches(dataset, epochs)
     evaluator = None
     if job.train.eval_every > 0 and job.data.heldout_fraction > 0:
-        evaluator = _Evaluator(net, shard_files(job.data.output_dir, "heldout"), job, micro)
+        # every rank evaluates the same batches of the single-process micro-batch size, so the
+        # held-out loss does not depend on the data-parallel degree
+        eval_batch = job.train.global_batch_size // accum
+        evaluator = _Evaluator(net, shard_files(job.data.output_dir, "heldout"), job, eval_batch)
     logger.info("training %d steps from step %d: %d x %d rows per rank, %d rank(s), %d rows/epoch/rank",
                 job.train.steps, pos.step, accum, micro, info.dp_size, per_epoch * micro)
     result = _run(job, trainer, batches, evaluator, pos, log, run_dir, is_main, progress)
