@@ -1,7 +1,8 @@
 """Typed job configuration: one dataclass per concept, composed into `JobConfig`.
 
 YAML sections mirror the dataclasses one to one (`model:`, `tokenizer:`, `data:`,
-`parallel:`, `recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`).
+`parallel:`, `recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`,
+`finetune:`).
 `base_config:` (a path or list of paths, relative to the file) composes files; later
 values win. `--set section.field=value` overrides are parsed as YAML scalars and type
 checked like file values. Unknown keys, wrong types and out-of-range values raise
@@ -341,6 +342,43 @@ class RunConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning a pretrained checkpoint on a classification task (`finetune` command)."""
+
+    init: str = "runs/tiny/pretrain"
+    """checkpoint to start from: a run dir, its checkpoints/ dir or one step dir."""
+    task: str = "sentiment"
+    """task name or YAML path (ascend_configs/tasks); trains on its demo_split, evaluates its split."""
+    method: str = "full"
+    """full (every weight) or lora (low-rank adapters on the attention projections)."""
+    lora_rank: int = 8
+    """LoRA rank r."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: the update is (alpha / r) x A B."""
+    steps: int = 300
+    """optimizer steps (the lr schedule comes from the optimizer/schedule sections)."""
+    batch_size: int = 16
+    """examples per step."""
+    max_tokens: int = 96
+    """tokens per training example (prompt cut from the left, label kept)."""
+    train_examples: int = 0
+    """use at most this many training examples (0: all)."""
+    eval_limit: int = 0
+    """test examples evaluated before and after (0: the whole split)."""
+    eval_shots: int = 4
+    """K of the few-shot evaluation before fine-tuning (0 skips it)."""
+
+    def __post_init__(self) -> None:
+        _require(self.method in ("full", "lora"), "method", self.method, "use full or lora")
+        _require(self.lora_rank >= 1, "lora_rank", self.lora_rank, "must be >= 1")
+        _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "must be > 0")
+        for name in ("steps", "batch_size", "max_tokens"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        for name in ("train_examples", "eval_limit", "eval_shots"):
+            _require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+
+
+@dataclass
 class JobConfig:
     """A whole job: every concept's section. YAML top-level keys are these field names."""
 
@@ -354,6 +392,7 @@ class JobConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
