@@ -39,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 2**30:8.2f} GiB"
+    return f"{n / 2**30:8.2f} GiB" if n >= 2**30 else f"{n / 2**20:8.1f} MiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def _ranges(idx: list[int]) -> str:
@@ -99,7 +103,7 @@ def _short(ranks: list[int]) -> str:
 def format_report(r: dict[str, Any]) -> str:
     m = r["model"]
     out = [f"PanGu-alpha plan{': ' + r['config'] if r.get('config') else ''}",
-           f"model    {r['params'] / 1e9:.1f}B parameters ({r['params']:,}): {m['num_layers']} layers, hidden "
+           f"model    {_count(r['params'])} parameters ({r['params']:,}): {m['num_layers']} layers, hidden "
            f"{m['hidden_size']}, ffn {m['ffn_hidden_size']}, heads {m['num_heads']}, vocab {m['vocab_size']}, "
            f"seq {m['seq_length']}"]
     out += _mesh_lines(r)
@@ -143,5 +147,5 @@ def _memory_lines(r: dict[str, Any]) -> list[str]:
     p = r["per_device_bytes"]
     lines.append(f"  as configured (optimizer_shard {'on' if r['optimizer_shard'] else 'off'}), "
                  f"{'rank ' + str(r['rank']) if 'rank' in r else 'heaviest stage'} (stage {p['stage']}): "
-                 f"{p['total'] / 2**30:.2f} GiB")
+                 f"{_gb(p['total']).strip()}")
     return lines
