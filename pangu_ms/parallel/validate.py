@@ -39,6 +39,9 @@ def _model_problems(m: ModelConfig, p: ParallelConfig) -> list[str]:
             if value % p.mp:
                 out.append(f"model.{name}={value} is not divisible by parallel.mp={p.mp} ({why}): "
                            f"pick mp from {_divisors_up_to(value, 64)} or change model.{name}")
+    if p.pp > 1 and p.micro_batches < p.pp:
+        out.append(f"parallel.micro_batches={p.micro_batches} < parallel.pp={p.pp}: MindSpore's pipeline needs at "
+                   f"least one micro-batch per stage; set parallel.micro_batches >= {p.pp}")
     if m.num_layers < p.pp:
         out.append(f"model.num_layers={m.num_layers} < parallel.pp={p.pp}: every pipeline stage needs at least "
                    f"one layer; use parallel.pp <= {m.num_layers}")
@@ -80,17 +83,14 @@ def validate(model: ModelConfig, parallel: ParallelConfig, *, devices: int, glob
              grad_accum_steps: int = 1, device: str | None = None) -> None:
     """Raise `ConfigError` listing every inconsistency; return None if the layout is usable.
 
-    Checks: dp*mp*pp == devices; ep == 1 (dense model); heads, hidden, FFN and vocab
-    divisible by mp; num_layers >= pp; global batch divisible by dp*micro_batches*accum;
-    on CPU (device="CPU", more than one device) only data parallel without optimizer
+    Checks: dp*mp*pp == devices; ep == 1 (dense model); heads and FFN divisible by mp, vocab
+    too when it is split; num_layers >= pp; micro_batches >= pp when pipelining; global
+    batch divisible by dp*micro_batches*accum; on CPU (device="CPU", more than one device) only data parallel without optimizer
     sharding. `device=None` skips the backend check (planning for another machine).
     """
     problems = (_mesh_problems(parallel, devices) + _model_problems(model, parallel)
                 + _batch_problems(parallel, global_batch, grad_accum_steps)
                 + _device_problems(parallel, device, devices))
-    if parallel.pp > 1 and parallel.micro_batches < parallel.pp:
-        log.warning("parallel.micro_batches=%d < pp=%d: pipeline stages will idle; the paper-style "
-                    "schedule wants micro_batches >= pp", parallel.micro_batches, parallel.pp)
     if parallel.pp > 1 and parallel.vocab_emb_dp:
         log.info("pp=%d > 1: the word embedding is vocab-split (vocab_emb_dp is ignored when pipelining)",
                  parallel.pp)

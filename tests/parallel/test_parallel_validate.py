@@ -33,7 +33,8 @@ def test_paper_200b_mesh():
     (dict(dp=2, mp=2), 8, 8, "dp*mp*pp = 2*2*1 = 4 but there are 8 devices"),
     (dict(mp=3), 3, 8, "model.num_heads=4 is not divisible by parallel.mp=3"),
     (dict(mp=8), 8, 8, "model.num_heads=4 is not divisible by parallel.mp=8"),
-    (dict(pp=4), 4, 8, "model.num_layers=3 < parallel.pp=4"),
+    (dict(pp=4, micro_batches=4), 4, 8, "model.num_layers=3 < parallel.pp=4"),
+    (dict(pp=2), 2, 8, "parallel.micro_batches=1 < parallel.pp=2"),
     (dict(dp=2, micro_batches=3), 2, 8, "global_batch_size=8 is not divisible by parallel.dp*micro_batches"),
     (dict(ep=2), 1, 8, "parallel.ep=2: expert parallelism is reserved for PanGu-Sigma"),
 ])
