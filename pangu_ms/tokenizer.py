@@ -67,8 +67,9 @@ def segment(text: str) -> str:
     if _SEGMENTER is None:
         from pangu_ms.data.segment import FastJieba
 
-        _SEGMENTER = FastJieba()
-    return " ".join(w.translate(_TRANSLATE) for w in _SEGMENTER.cut(text))
+        _SEGMENTER = FastJieba(translate=_TRANSLATE)
+    # only whitespace segments contain space or newline: FastJieba translates (and caches) them
+    return " ".join(_SEGMENTER.cut(text))
 
 
 def segment_batch(texts: Sequence[str], num_workers: int | None = 1, *, progress: bool = False) -> list[str]:

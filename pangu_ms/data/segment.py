@@ -27,8 +27,10 @@ _CACHE_LIMIT = 200_000  # cached Han blocks before the cache is cleared (bounds 
 class FastJieba:
     """Exact, faster replacement for `jieba.cut(text)` (precise mode with HMM)."""
 
-    def __init__(self) -> None:
+    def __init__(self, translate: dict[int, str] | None = None) -> None:
+        """`translate`: a `str.translate` table applied to whitespace words (cached with them)."""
         jieba.setLogLevel(60)
+        self._translate = translate or {}
         jieba.dt.check_initialized()
         self._freq: dict[str, int] = jieba.dt.FREQ
         logtotal = math.log(jieba.dt.total)
@@ -41,7 +43,7 @@ class FastJieba:
         self._hmm: dict[str, list[str]] = {}
 
     def cut(self, text: str) -> list[str]:
-        """Words of `text` in order; ''.join(result) == text."""
+        """Words of `text` in order; ''.join(result) == text (before `translate`)."""
         out: list[str] = []
         blocks_cache = self._blocks
         for blk in self._re_han.split(text):
@@ -55,7 +57,7 @@ class FastJieba:
                     words = []
                     for x in self._re_skip.split(blk):
                         if self._re_skip.match(x):
-                            words.append(x)
+                            words.append(x.translate(self._translate))
                         else:
                             words.extend(x)
                 if len(blocks_cache) >= _CACHE_LIMIT:
@@ -95,7 +97,7 @@ class FastJieba:
         elif not self._freq.get(buf):
             words = self._hmm.get(buf)
             if words is None:
-                words = list(jieba.finalseg.cut(buf))
+                words = hmm_cut(buf)
                 if len(self._hmm) >= _CACHE_LIMIT:
                     self._hmm.clear()
                 self._hmm[buf] = words
@@ -120,3 +122,73 @@ class FastJieba:
         if buf:
             self._flush(buf, out)
         return out
+
+
+# ------------------------------------------------------------------ jieba.finalseg, exactly
+_MIN_FLOAT = jieba.finalseg.MIN_FLOAT
+_START, _TRANS, _EMIT = jieba.finalseg.start_P, jieba.finalseg.trans_P, jieba.finalseg.emit_P
+_FS_HAN, _FS_SKIP = jieba.finalseg.re_han, jieba.finalseg.re_skip
+
+
+def _viterbi(obs: str) -> str:
+    """jieba.finalseg.viterbi's best state string (same sums, same tie-breaks), with back-pointers."""
+    eb, em, es, ee = _EMIT["B"].get, _EMIT["M"].get, _EMIT["S"].get, _EMIT["E"].get
+    t_eb, t_sb = _TRANS["E"]["B"], _TRANS["S"]["B"]
+    t_mm, t_bm = _TRANS["M"]["M"], _TRANS["B"]["M"]
+    t_ss, t_es = _TRANS["S"]["S"], _TRANS["E"]["S"]
+    t_be, t_me = _TRANS["B"]["E"], _TRANS["M"]["E"]
+    c = obs[0]
+    b = _START["B"] + eb(c, _MIN_FLOAT)
+    m = _START["M"] + em(c, _MIN_FLOAT)
+    s = _START["S"] + es(c, _MIN_FLOAT)
+    e = _START["E"] + ee(c, _MIN_FLOAT)
+    back = []  # per step: the previous state chosen for B, M, S, E
+    for c in obs[1:]:
+        # max over (prob, state) tuples: on equal prob the larger state letter wins
+        pb1, pb2 = e + t_eb, s + t_sb  # B from E or S
+        nb, bb = (pb2, "S") if pb2 >= pb1 else (pb1, "E")
+        pm1, pm2 = m + t_mm, b + t_bm  # M from M or B
+        nm, bm = (pm1, "M") if pm1 >= pm2 else (pm2, "B")
+        ps1, ps2 = s + t_ss, e + t_es  # S from S or E
+        ns, bs = (ps1, "S") if ps1 >= ps2 else (ps2, "E")
+        pe1, pe2 = b + t_be, m + t_me  # E from B or M
+        ne, be = (pe2, "M") if pe2 >= pe1 else (pe1, "B")
+        b, m, s, e = nb + eb(c, _MIN_FLOAT), nm + em(c, _MIN_FLOAT), ns + es(c, _MIN_FLOAT), ne + ee(c, _MIN_FLOAT)
+        back.append({"B": bb, "M": bm, "S": bs, "E": be})
+    state = "S" if s >= e else "E"  # max((V[E], 'E'), (V[S], 'S'))
+    states = [state]
+    for ptr in reversed(back):
+        state = ptr[state]
+        states.append(state)
+    return "".join(reversed(states))
+
+
+def _hmm_block(sentence: str) -> list[str]:
+    """jieba.finalseg.__cut: words from the best B/M/E/S tagging."""
+    tags = _viterbi(sentence)
+    out, begin, nexti = [], 0, 0
+    for i, tag in enumerate(tags):
+        if tag == "B":
+            begin = i
+        elif tag == "E":
+            out.append(sentence[begin:i + 1])
+            nexti = i + 1
+        elif tag == "S":
+            out.append(sentence[i])
+            nexti = i + 1
+    if nexti < len(sentence):
+        out.append(sentence[nexti:])
+    return out
+
+
+def hmm_cut(text: str) -> list[str]:
+    """`list(jieba.finalseg.cut(text))`, exactly (falls back to jieba with forced splits)."""
+    if jieba.finalseg.Force_Split_Words:
+        return list(jieba.finalseg.cut(text))
+    out: list[str] = []
+    for blk in _FS_HAN.split(text):
+        if _FS_HAN.match(blk):
+            out.extend(_hmm_block(blk))
+        else:
+            out.extend(x for x in _FS_SKIP.split(blk) if x)
+    return out

@@ -76,6 +76,22 @@ def test_fast_jieba_is_exact(pd_docs):
         assert fast.cut(text) == list(jieba.cut(text)), text[:40]
 
 
+def test_fast_hmm_is_exact(pd_docs):
+    import random
+
+    import jieba.finalseg
+
+    from pangu_ms.data.segment import hmm_cut
+
+    chars = "".join(pd_docs[:50]) + "ＡＢ12ab．％"
+    rng = random.Random(0)
+    for _ in range(3000):
+        n = rng.randint(1, 14)
+        start = rng.randrange(len(chars) - n)
+        text = chars[start:start + n]
+        assert hmm_cut(text) == list(jieba.finalseg.cut(text)), text
+
+
 def test_encode_batch_workers_match(trained_tokenizer, pd_docs):
     texts = pd_docs[:70] + ROUND_TRIP * 20
     one = trained_tokenizer.encode_batch(texts, num_workers=1)
