@@ -101,6 +101,27 @@ class _Evaluator:
         return float(np.mean(losses))
 
 
+class _AscendTrainer:
+    """The parallel package's semi-auto-parallel step (`ascend_train_cell`) behind the
+    `Trainer` interface: one global batch per call, micro-batching inside the graph."""
+
+    accum_steps = 1
+
+    def __init__(self, cell, optimizer):
+        self.cell, self.optimizer, self.loss_scale = cell, optimizer, cell.loss_scale
+
+    def step(self, micro_batches: list[tuple]):
+        from pangu_ms.train.step import StepResult
+
+        loss, overflow, _ = self.cell(*micro_batches[0])
+        return StepResult(loss=float(loss.asnumpy()), overflow=bool(overflow.asnumpy()), grad_norm=float("nan"),
+                          loss_scale=float(self.loss_scale.asnumpy()))
+
+    @property
+    def optimizer_step(self) -> int:
+        return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+
+
 def weights_digest(network) -> str:
     """sha256-like crc over all trainable weights (equal digests = bitwise equal weights)."""
     crc = 0
@@ -116,6 +137,8 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     from pangu_ms.data.dataset import build_dataset
     from pangu_ms.data.prepare import shard_files
     from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
+    from pangu_ms.parallel import parallelize_job
+    from pangu_ms.parallel.ascend import ascend_train_cell
     from pangu_ms.parallel.context import init_parallel
     from pangu_ms.train.step import Trainer
 
@@ -132,9 +155,15 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
         (run_dir / "config.yaml").write_text(job.to_yaml(), encoding="utf-8")
 
     train_files = shard_files(job.data.output_dir, "train")
-    net = PanguAlphaWithLoss(job.model)
+    net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
     optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
-    trainer = Trainer(net, optimizer, job.optimizer, accum_steps=accum)
+    ascend = info.mode == "semi_auto_parallel"
+    if ascend:  # global-batch semantics: every rank feeds the whole batch, accumulation in-graph
+        trainer = _AscendTrainer(ascend_train_cell(net, optimizer, job, info.parallel), optimizer)
+        micro, shards, shard_id = job.train.global_batch_size, 1, 0
+    else:
+        trainer = Trainer(net, optimizer, job.optimizer, accum_steps=accum)
+        shards, shard_id = info.dp_size, info.dp_rank
     pos = _Position()
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
     if resume:
@@ -144,9 +173,9 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
 
     dataset = build_dataset(train_files, seq_length=seq, batch_size=micro, eod_id=job.model.eod_id,
                             reset_at_eod=job.data.reset_at_eod, shuffle=job.data.shuffle, seed=job.run.seed,
-                            num_shards=info.dp_size, shard_id=info.dp_rank, start_step=pos.data_step)
+                            num_shards=shards, shard_id=shard_id, start_step=pos.data_step)
     per_epoch = dataset.get_dataset_size()
-    epochs = math.ceil(job.train.steps * accum / per_epoch) + 1
+    epochs = math.ceil(job.train.steps * trainer.accum_steps / per_epoch) + 1
     batches = _batches(dataset, epochs)
     evaluator = None
     if job.train.eval_every > 0 and job.data.heldout_fraction > 0:
@@ -166,7 +195,7 @@ def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, run_
     from tqdm import tqdm
 
     tokens_per_step = job.train.global_batch_size * job.model.seq_length
-    accum, total = job.train.grad_accum_steps, job.train.steps
+    accum, total = trainer.accum_steps, job.train.steps
     bar = tqdm(total=total, initial=pos.step, disable=not (progress and is_main), dynamic_ncols=True, unit="step")
     t_loop = time.time()
     last = {"loss": float("nan"), "heldout": None, "timed_tokens": 0, "timed_s": 0.0, "session_steps": 0}
