@@ -137,7 +137,6 @@ def prepare(job: JobConfig, *, progress: bool = False) -> dict:
     t0 = time.time()
     data, out = job.data, Path(job.data.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # until the new manifest lands, the old shards are not "complete"
     workers = resolve_workers(data.num_workers)
     sources = _load_and_clean(data, job.run.seed, progress)
     seg_train = [segment_batch(s.train, workers, progress=progress) for s in sources]
@@ -149,6 +148,7 @@ def prepare(job: JobConfig, *, progress: bool = False) -> dict:
     ids_train = [_encode(tok, s, workers) for s in seg_train]
     ids_held = [_encode(tok, s, workers) for s in seg_held]
     plan, rows, train_counts = _train_rows(job, sources, ids_train)
+    (out / MANIFEST).unlink(missing_ok=True)  # until the new manifest lands, no shard set is "complete"
     splits = {"train": (rows, train_counts)}
     held_docs = [d for per_source in ids_held for d in per_source]
     if held_docs:
