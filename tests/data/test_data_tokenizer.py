@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 
 import jieba
 import pytest
@@ -143,3 +144,18 @@ def test_cli_encode_decode(trained_tokenizer, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
     assert main(["tokenizer", "decode", "--tokenizer", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines() == ["中国 人民", "<eod>"]
+
+
+def test_cli_train_bpe(tmp_path, pd_docs, capsys):
+    from pangu_ms.cli import main
+
+    corpus = tmp_path / "news.txt"
+    corpus.write_text("\n\n".join(pd_docs[:15]), encoding="utf-8")
+    assert main(["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "1200", "--model-type", "bpe",
+                 "--character-coverage", "0.98", "--workers", "1", "--out", str(tmp_path / "bpe")]) == 0
+    assert "1200 pieces (bpe) from 15 documents" in capsys.readouterr().out
+    tok = PanguTokenizer.from_dir(tmp_path / "bpe")
+    assert json.loads((tmp_path / "bpe" / "tokenizer.json").read_text())["model_type"] == "bpe"
+    text = pd_docs[20][:300]
+    assert tok.decode(tok.encode(text)) == unicodedata.normalize("NFKC", text)  # NFKC: "１２月，" -> "12月,"
+    assert main(["tokenizer", "train", "--corpus", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")]) == 2
