@@ -102,6 +102,9 @@ def _tokenizer_for(job: JobConfig, sources: list[SourceData], segmented: list[li
     model = Path(job.tokenizer.path) / MODEL_FILE
     if model.is_file():
         return PanguTokenizer.from_dir(job.tokenizer.path), False
+    if job.tokenizer.vocab_size > job.model.vocab_size:
+        raise DataError(f"tokenizer.vocab_size={job.tokenizer.vocab_size} exceeds model.vocab_size="
+                        f"{job.model.vocab_size}: the model could not embed every id; make them equal")
     names = [s.cfg.name for s in sources]
     if job.tokenizer.corpus in names:
         text = segmented[names.index(job.tokenizer.corpus)]
