@@ -107,8 +107,9 @@ def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: 
         raise DataError(f"no {split} rows to write")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in list(out.glob(f".tmp-{split}-*")) + list(out.glob(f".old-{split}-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run; never a complete shard set
     tmp = out / f".tmp-{split}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     k = max(1, min(num_shards, len(rows)))
     bounds = np.linspace(0, len(rows), k + 1).round().astype(int)

@@ -101,7 +101,11 @@ def _tokenizer_for(job: JobConfig, sources: list[SourceData], segmented: list[li
     """Load `tokenizer.path`, or train it there first (on the cleaned corpus when it is a source)."""
     model = Path(job.tokenizer.path) / MODEL_FILE
     if model.is_file():
-        return PanguTokenizer.from_dir(job.tokenizer.path), False
+        tok = PanguTokenizer.from_dir(job.tokenizer.path)
+        if tok.vocab_size != job.tokenizer.vocab_size:
+            logger.warning("using the existing %s (%d pieces, not tokenizer.vocab_size=%d); delete it to retrain",
+                           model, tok.vocab_size, job.tokenizer.vocab_size)
+        return tok, False
     if job.tokenizer.vocab_size > job.model.vocab_size:
         raise DataError(f"tokenizer.vocab_size={job.tokenizer.vocab_size} exceeds model.vocab_size="
                         f"{job.model.vocab_size}: the model could not embed every id; make them equal")
