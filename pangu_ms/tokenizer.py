@@ -184,6 +184,8 @@ def _parallel_map(tok: PanguTokenizer | None, method: str, texts: Sequence[str],
     else:
         # fork is fast and safe before MindSpore starts its threads; spawn otherwise
         ctx = mp.get_context("fork" if "mindspore" not in sys.modules else "spawn")
+        if ctx.get_start_method() == "fork":
+            segment("")  # build the dictionary tables once; forked workers inherit them
         with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.model_proto if tok else None,)) as pool:
             for res in pool.imap(_run_chunk, [(method, c) for c in chunks]):
                 out.extend(res)
