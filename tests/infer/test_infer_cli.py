@@ -18,6 +18,7 @@ from pangu_ms.models.pangu_alpha import PanguAlphaLM, PanguAlphaWithLoss
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A run directory with one checkpoint of a random tiny model and a small real tokenizer."""
+    from pangu_ms.data.packing import pack_rows, write_shards
     from pangu_ms.eval.datasets import sentiment_splits
     from pangu_ms.tokenizer import segment_batch, train_tokenizer
     from pangu_ms.train.checkpoint import save
@@ -28,6 +29,11 @@ def tiny_run(tmp_path_factory):
     tok = train_tokenizer(tok_cfg, root / "tok", segmented=segment_batch(texts, 1))
     job = JobConfig(model=tiny_model_config(vocab_size=tok.vocab_size, seq_length=64), tokenizer=tok_cfg)
     job.run.output_dir = str(root / "pretrain")
+    job.data.output_dir = str(root / "data")  # a held-out split as prepare writes it
+    heldout = [tok.encode(e.text) for e in sentiment_splits()["test"][:60]]
+    rows, _ = pack_rows(heldout, 64, tok.eod_id)
+    write_shards(rows, root / "data", "heldout", 2)
+    (root / "data" / "manifest.json").write_text("{}", encoding="utf-8")
     ms.set_seed(3)
     save(job.run.output_dir, PanguAlphaWithLoss(job.model), step=1, data_step=0, tokens_seen=0, job=job)
     return root
@@ -70,6 +76,26 @@ def test_eval_perplexity_of_a_text_file(tiny_run, capsys, tmp_path):
     r = json.loads(_cli(capsys, "eval", "--ckpt", str(tiny_run / "pretrain"), "--task", str(task), "--json"))
     # a random model over V tokens is close to uniform
     assert r["tokens"] > 5 and 0.3 * 2500 < r["perplexity"] < 3 * 2500
+
+
+def test_eval_heldout_perplexity_equals_model_loss(tiny_run, capsys):
+    """exp(the model's own mean training loss over the held-out rows, eod-reset masks)."""
+    import mindspore.dataset as ds
+
+    from pangu_ms.data.dataset import eod_reset
+    from pangu_ms.data.prepare import shard_files
+    from pangu_ms.models.pangu_alpha import CrossEntropy
+    from pangu_ms.train.checkpoint import load_for_inference
+
+    r = json.loads(_cli(capsys, "eval", "--ckpt", str(tiny_run / "pretrain"), "--task", "heldout_ppl", "--json"))
+    job, lm, _ = load_for_inference(tiny_run / "pretrain")
+    data = ds.MindDataset(shard_files(job.data.output_dir, "heldout"), shuffle=False)
+    rows = np.stack([d["input_ids"] for d in data.create_dict_iterator(num_epochs=1, output_numpy=True)])
+    pos, mask = eod_reset(rows, job.model.eod_id)
+    logits = lm(Tensor(rows[:, :-1]), Tensor(pos), Tensor(mask))
+    loss = CrossEntropy(job.model)(logits, Tensor(rows[:, 1:].reshape(-1))).asnumpy()
+    assert r["rows"] == len(rows) and r["tokens"] == rows[:, 1:].size
+    assert r["perplexity"] == pytest.approx(float(np.exp(loss)), rel=1e-4)
 
 
 def test_finetune_lora_then_eval_checkpoint(tiny_run, capsys):
