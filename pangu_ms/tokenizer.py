@@ -20,7 +20,7 @@ the ideographic space U+3000 and tabs to whitespace, which the tokenizer then dr
 
 Unseen characters: models we train have `byte_fallback` (UTF-8 byte pieces), so any text
 round-trips. A released model without byte fallback maps them to `<unk>` (id 0), which
-decodes to " ⁇ ".
+decodes to "⁇".
 
 A tokenizer directory holds `vocab.model` (and `tokenizer.json` with how it was trained).
 """

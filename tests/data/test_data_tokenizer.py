@@ -113,6 +113,7 @@ def test_released_format_model_loads(tmp_path, pd_docs):
     assert tok.decode(tok.encode("中国人民\n新年")) == "中国人民\n新年"
     assert 8 not in tok.encode("<eod>")  # jieba splits it before SentencePiece sees it
     assert tok.encode("龘")[-1] == 0  # no byte fallback: unseen characters become <unk>
+    assert tok.decode(tok.encode("中国龘")) == "中国⁇"
 
 
 def test_errors(tmp_path, pd_docs):
