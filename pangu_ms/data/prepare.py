@@ -47,6 +47,9 @@ def shard_files(output_dir: str | Path, split: str = "train") -> list[str]:
     if not (out / MANIFEST).is_file():
         raise DataError(f"no prepared data in {out} (missing {MANIFEST}): {hint}")
     files = [p for p in (out / split).glob(f"{split}.mindrecord*") if re.fullmatch(rf"{split}\.mindrecord\d+", p.name)]
+    if not files and split not in read_manifest(out).get("splits", {}):
+        raise DataError(f"prepare wrote no {split} split in {out} (data.heldout_fraction=0 or too few documents): "
+                        "set data.heldout_fraction > 0 and re-run prepare, or turn held-out evaluation off")
     if not files:
         raise DataError(f"no {split} shards in {out / split}: {hint}")
     files.sort(key=lambda p: int(p.name.rsplit("mindrecord", 1)[1]))

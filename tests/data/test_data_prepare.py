@@ -143,6 +143,10 @@ def test_prepare_bad_input_leaves_nothing_complete(job_file, tmp_path, monkeypat
     with pytest.raises(DataError, match="model.vocab_size"):
         prepare(load_config(job_file, ["model.vocab_size=1000"]))
 
+    prepare(load_config(job_file, ["data.heldout_fraction=0.0"]))
+    with pytest.raises(DataError, match="no heldout split"):
+        shard_files(out, "heldout")
+
     # a crash while writing shards leaves the previous complete set, no partial files, no manifest
     prepare(load_config(job_file))
     before = _digest(shard_files(out, "train"))
