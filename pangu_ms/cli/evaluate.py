@@ -19,6 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per scoring batch")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", choices=["CPU", "Ascend"], default=None,
+                   help="device to run on (default: the checkpoint's run.device)")
     p.set_defaults(func=run)
     return p
 
@@ -53,6 +55,7 @@ def format_result(r: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from pangu_ms.errors import ConfigError
     from pangu_ms.eval.tasks import load_task
+    from pangu_ms.infer.runtime import setup_context
     from pangu_ms.train.checkpoint import load_for_inference
 
     task = load_task(args.task)
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shots is not None and args.shots < 0:
         raise ConfigError(f"--shots {args.shots}: must be >= 0")
     job, lm, tok = load_for_inference(args.ckpt)
+    setup_context(job.run, args.device)
     result = evaluate(task, job, lm, tok, shots=args.shots, batch_size=args.batch_size)
     result["ckpt"] = args.ckpt
     print(json.dumps(result, ensure_ascii=False) if args.json else format_result(result))

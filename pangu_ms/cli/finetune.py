@@ -26,12 +26,12 @@ def run(args: argparse.Namespace) -> int:
     import mindspore as ms
 
     from pangu_ms.config import load_config
+    from pangu_ms.infer.runtime import setup_context
     from pangu_ms.errors import ConfigError
     from pangu_ms.infer.finetune import finetune
 
     job = load_config(args.config, args.overrides)
-    ms.set_context(mode=ms.GRAPH_MODE if job.run.mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(job.run.device)
+    setup_context(job.run)
     ms.set_seed(job.run.seed)
     try:
         r = finetune(job)
