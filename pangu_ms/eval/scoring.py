@@ -33,6 +33,24 @@ class TokenLogProbs(nn.Cell):
         return self.gather(logp, 1, targets.reshape(-1, 1)).reshape(b, s)  # [B, S]
 
 
+class SelectedLogProbs(nn.Cell):
+    """(ids [B, S], position ids [B, S], mask [B, S, S], rows [R], targets [R]) -> log p [R]
+    of `targets` at the flattened [B*S] positions `rows`: logits only where they are needed
+    (the tied vocabulary projection over every position dominates short-continuation scoring)."""
+
+    def __init__(self, lm: PanguAlphaLM):
+        super().__init__(auto_prefix=False)
+        self.lm = lm
+        self.log_softmax = P.LogSoftmax(-1)
+        self.gather_rows = P.Gather()
+        self.gather = P.GatherD()
+
+    def construct(self, input_ids, position_ids, attention_mask, rows, targets):
+        h = self.gather_rows(self.lm.backbone(input_ids, position_ids, attention_mask), rows, 0)  # [R, H]
+        logp = self.log_softmax(self.lm.logits(h))  # [R, V]
+        return self.gather(logp, 1, targets.reshape(-1, 1)).reshape(-1)  # [R]
+
+
 class Scorer:
     """Batched, shape-bucketed scoring with a trained model."""
 
@@ -41,6 +59,8 @@ class Scorer:
         self.cfg = lm.config
         self.net = TokenLogProbs(lm)
         self.net.set_train(False)
+        self.selected = SelectedLogProbs(lm)
+        self.selected.set_train(False)
         self.batch_size, self.bucket = batch_size, length_bucket
 
     @property
@@ -83,9 +103,26 @@ class Scorer:
 
         With an empty context the first continuation token is conditioned on <eod>.
         """
-        seqs, lengths = [], []
-        for ctx, cont in items:
-            ctx = list(ctx) or [self.cfg.eod_id]
-            seqs.append(self.fit(ctx, list(cont)))
-            lengths.append(len(cont))
-        return [lp[-n:] for lp, n in zip(self.logprobs(seqs), lengths)]
+        seqs = [self.fit(list(ctx) or [self.cfg.eod_id], list(cont)) for ctx, cont in items]
+        lengths = [len(cont) for _, cont in items]
+        out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            longest = max(len(seqs[i]) for i in idx) - 1
+            s = min(-(-longest // self.bucket) * self.bucket, self.cfg.seq_length)
+            k = max(lengths[i] for i in idx)
+            ids = np.full((self.batch_size, s + 1), self.cfg.pad_id, np.int32)
+            rows = np.zeros((self.batch_size, k), np.int32)  # padding rows score position 0
+            targets = np.zeros((self.batch_size, k), np.int32)
+            for r, i in enumerate(idx):
+                n, c = len(seqs[i]), lengths[i]
+                ids[r, :n] = seqs[i]
+                rows[r, :c] = r * s + np.arange(n - 1 - c, n - 1)
+                targets[r, :c] = seqs[i][n - c:]
+            pos, mask = eod_reset(ids, self.cfg.eod_id, False)
+            lp = self.selected(Tensor(ids[:, :-1]), Tensor(pos), Tensor(mask), Tensor(rows.reshape(-1)),
+                               Tensor(targets.reshape(-1))).asnumpy().reshape(self.batch_size, k)
+            for r, i in enumerate(idx):
+                out[i] = lp[r, :lengths[i]].astype(np.float64)
+        return out
