@@ -1,0 +1,1 @@
+"""Few-shot evaluation (the PanGu-alpha perplexity method), generation metrics, held-out perplexity."""

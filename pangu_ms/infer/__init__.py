@@ -1,0 +1,1 @@
+"""Generation with a K/V cache, sampling, MindIR export, LoRA and fine-tuning."""
