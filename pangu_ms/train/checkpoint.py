@@ -159,19 +159,29 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _load_step_dir(step_dir: Path, cell) -> CheckpointState:
-    import mindspore as ms
-
     meta = read_meta(step_dir)
     tensors = read_tensors(step_dir)
     for key in ("step", "data_step", "tokens_seen"):
         if key not in tensors:
             raise CheckpointError(f"{step_dir}: checkpoint lacks '{key}' (not written by pangu_ms pretrain)")
     values = {k: int(tensors.pop(k).asnumpy()) for k in ("step", "data_step", "tokens_seen")}
-    missing, _ = ms.load_param_into_net(cell, tensors, strict_load=True)
+    missing = _load_into(cell, tensors, step_dir)
     if missing:
         raise CheckpointError(f"{step_dir}: checkpoint does not fit this model/optimizer; missing "
                               f"{len(missing)} tensors, e.g. {missing[0]} (same config as the saved run?)")
     return CheckpointState(path=step_dir, meta=meta, **values)
+
+
+def _load_into(cell, tensors: dict, step_dir: Path) -> list[str]:
+    """load_param_into_net; a shape/dtype mismatch becomes a CheckpointError. Returns missing names."""
+    import mindspore as ms
+
+    try:
+        missing, _ = ms.load_param_into_net(cell, tensors, strict_load=True)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{step_dir}: checkpoint does not fit this model/optimizer "
+                              f"({str(exc).splitlines()[0]}); resume with the config it was saved with") from None
+    return missing
 
 
 def resume(path: str | Path, cell) -> CheckpointState:
@@ -223,15 +233,13 @@ def load_job_config(step_dir: Path) -> JobConfig:
 def load_for_inference(path: str | Path):
     """(JobConfig, PanguAlphaLM with weights loaded, PanguTokenizer) from a run dir, a
     checkpoints dir or one step dir (the newest good checkpoint wins)."""
-    import mindspore as ms
-
     from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
     step_dir, tensors = newest_good(path)
     job = load_job_config(step_dir)
     weights = {k[len(LM_PREFIX):]: v for k, v in tensors.items() if k.startswith(LM_PREFIX)}
     model = PanguAlphaLM(job.model)
-    missing, _ = ms.load_param_into_net(model, weights, strict_load=True)
+    missing = _load_into(model, weights, step_dir)
     if missing:
         raise CheckpointError(f"{step_dir}: weights do not fit model config {job.model}: missing {missing[:3]}")
     model.set_train(False)

@@ -255,7 +255,8 @@ def _finish(job, result, net, train_files, run_dir: Path, info, t_start: float) 
             summary["unigram_entropy"] = unigram_entropy(token_counts(train_files, job.model.vocab_size))
         except Exception as exc:  # a summary extra: never fail a finished run over it
             logger.warning("could not compute the unigram entropy: %s", exc)
-        png = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss_curve.png", title=job.run.name)
+        png = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss_curve.png", title=job.run.name,
+                        unigram=summary.get("unigram_entropy"))
         summary["loss_curve"] = str(png)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         logger.debug("summary:\n%s", summary_text(summary))

@@ -39,8 +39,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return sorted(latest.values(), key=lambda r: (r.get("step", -1), r["kind"]))
 
 
-def plot_loss(metrics_path: str | Path, png_path: str | Path, *, title: str = "") -> Path:
-    """Train and held-out loss against step, written as a PNG (matplotlib, Agg backend)."""
+def plot_loss(metrics_path: str | Path, png_path: str | Path, *, title: str = "",
+              unigram: float | None = None) -> Path:
+    """Train and held-out loss against step, written as a PNG (matplotlib, Agg backend);
+    `unigram` (the corpus' unigram entropy) is drawn as a dashed reference line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,6 +56,8 @@ def plot_loss(metrics_path: str | Path, png_path: str | Path, *, title: str = ""
         ax.plot(*zip(*train), lw=1.0, alpha=0.8, label="train loss")
     if heldout:
         ax.plot(*zip(*heldout), "o-", lw=1.5, label="held-out loss")
+    if unigram is not None:
+        ax.axhline(unigram, ls="--", color="gray", lw=1, label=f"unigram entropy {unigram:.2f}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title or "PanGu-alpha pretraining")
