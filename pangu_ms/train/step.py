@@ -4,7 +4,7 @@ gradient accumulation, data-parallel gradient reduction.
 One optimizer step, whatever the path:
     grads = d(loss * scale)/dW            (per micro-batch; summed over K accumulation steps)
     grads = allreduce_mean(grads) / (scale * K)
-    norm  = sqrt(sum_i |g_i|^2);  overflow = not isfinite(norm)
+    norm  = sqrt(sum_i |g_i|^2);  overflow = not isfinite(norm)   (computed on the scaled grads)
     scale: halved on overflow, doubled after `window` clean steps (DynamicLossScaleUpdateCell)
     if not overflow:  AdamW(grads * min(1, clip / norm))      (else the step is skipped)
 
@@ -74,15 +74,17 @@ class _GradientUpdate(nn.Cell):
 
     def update(self, grads, inv_scale):
         """Scaled grads (tuple like weights), 1/(scale*K) [] -> (overflow [] bool, grad norm [])."""
-        grads = self.hyper_map(ops.partial(_unscale, inv_scale), grads)
         if self.reduce:
             grads = self.grad_reducer(grads)
-        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))  # [] fp32
+        # norm of the unscaled gradients from the scaled ones: one elementwise pass (the
+        # multiply below) instead of separate unscale and clip passes over every gradient
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) * inv_scale  # [] fp32
         overflow = ops.logical_not(ops.isfinite(norm))
         overflow = self.scale_update(self.loss_scale, overflow)
+        factor = inv_scale
         if self.clip_norm > 0:
-            factor = self.clip_norm / ops.maximum(norm, self.clip_norm)
-            grads = self.hyper_map(ops.partial(_unscale, factor), grads)
+            factor = factor * (self.clip_norm / ops.maximum(norm, self.clip_norm))
+        grads = self.hyper_map(ops.partial(_unscale, factor), grads)
         if not overflow:
             norm = ops.depend(norm, self.optimizer(grads))
         return overflow, norm
