@@ -123,7 +123,7 @@ class _AscendTrainer:
 
 
 def weights_digest(network) -> str:
-    """sha256-like crc over all trainable weights (equal digests = bitwise equal weights)."""
+    """crc32 over all trainable weights (equal digests: bitwise equal weights)."""
     crc = 0
     for p in sorted(network.trainable_params(), key=lambda p: p.name):
         crc = zlib.crc32(p.asnumpy().tobytes(), crc)
@@ -134,60 +134,71 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     """Train `job` and return the summary (also written to `<output_dir>/summary.json`)."""
     import mindspore as ms
 
-    from pangu_ms.data.dataset import build_dataset
     from pangu_ms.data.prepare import shard_files
-    from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
-    from pangu_ms.parallel import parallelize_job
-    from pangu_ms.parallel.ascend import ascend_train_cell
     from pangu_ms.parallel.context import init_parallel
-    from pangu_ms.train.step import Trainer
 
     t_start = time.time()
     _setup_context(job)
     info = init_parallel(job)
     ms.set_seed(job.run.seed)
-    micro = micro_batch_size(job, info.dp_size)
-    accum, seq = job.train.grad_accum_steps, job.model.seq_length
     run_dir = Path(job.run.output_dir)
     is_main = info.rank == 0
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(job.to_yaml(), encoding="utf-8")
-
     train_files = shard_files(job.data.output_dir, "train")
-    net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
-    optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
-    ascend = info.mode == "semi_auto_parallel"
-    if ascend:  # global-batch semantics: every rank feeds the whole batch, accumulation in-graph
-        trainer = _AscendTrainer(ascend_train_cell(net, optimizer, job, info.parallel), optimizer)
-        micro, shards, shard_id = job.train.global_batch_size, 1, 0
-    else:
-        trainer = Trainer(net, optimizer, job.optimizer, accum_steps=accum)
-        shards, shard_id = info.dp_size, info.dp_rank
+    net, trainer, sharding = _build_trainer(job, info)
     pos = _Position()
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
     if resume:
         state = ckpt.resume(resume, trainer.cell)
         pos = _Position(state.step, state.data_step, state.tokens_seen)
         log.write("resume", step=pos.step, path=str(state.path))
-
-    dataset = build_dataset(train_files, seq_length=seq, batch_size=micro, eod_id=job.model.eod_id,
-                            reset_at_eod=job.data.reset_at_eod, shuffle=job.data.shuffle, seed=job.run.seed,
-                            num_shards=shards, shard_id=shard_id, start_step=pos.data_step)
-    per_epoch = dataset.get_dataset_size()
-    epochs = math.ceil(job.train.steps * trainer.accum_steps / per_epoch) + 1
-    batches = _batches(dataset, epochs)
+    batches = _train_batches(job, train_files, trainer.accum_steps, pos.data_step, **sharding)
     evaluator = None
     if job.train.eval_every > 0 and job.data.heldout_fraction > 0:
         # every rank evaluates the same batches of the single-process micro-batch size, so the
         # held-out loss does not depend on the data-parallel degree
-        eval_batch = job.train.global_batch_size // accum
+        eval_batch = job.train.global_batch_size // job.train.grad_accum_steps
         evaluator = _Evaluator(net, shard_files(job.data.output_dir, "heldout"), job, eval_batch)
-    logger.info("training %d steps from step %d: %d x %d rows per rank, %d rank(s), %d rows/epoch/rank",
-                job.train.steps, pos.step, accum, micro, info.dp_size, per_epoch * micro)
     result = _run(job, trainer, batches, evaluator, pos, log, run_dir, is_main, progress)
     result["setup_s"] = result.pop("t_loop_start") - t_start
     return _finish(job, result, net, train_files, run_dir, info, t_start)
+
+
+def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
+    """(loss network, trainer, dataset sharding) for the parallel mode in use."""
+    from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
+    from pangu_ms.parallel import parallelize_job
+    from pangu_ms.train.step import Trainer
+
+    net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
+    optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
+    if info.mode == "semi_auto_parallel":  # global-batch semantics: every rank feeds the whole batch
+        from pangu_ms.parallel.ascend import ascend_train_cell
+
+        trainer = _AscendTrainer(ascend_train_cell(net, optimizer, job, info.parallel), optimizer)
+        return net, trainer, dict(batch_size=job.train.global_batch_size, num_shards=1, shard_id=0)
+    trainer = Trainer(net, optimizer, job.optimizer, accum_steps=job.train.grad_accum_steps)
+    return net, trainer, dict(batch_size=micro_batch_size(job, info.dp_size), num_shards=info.dp_size,
+                              shard_id=info.dp_rank)
+
+
+def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int, *, batch_size: int,
+                   num_shards: int, shard_id: int) -> Iterator[tuple]:
+    """Endless (input_ids, position_id, attention_mask) micro-batches from `start_step` on."""
+    from pangu_ms.data.dataset import build_dataset
+
+    dataset = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size, eod_id=job.model.eod_id,
+                            reset_at_eod=job.data.reset_at_eod, shuffle=job.data.shuffle, seed=job.run.seed,
+                            num_shards=num_shards, shard_id=shard_id, start_step=start_step)
+    per_epoch = dataset.get_dataset_size()
+    # set_init_step(k) makes the iterator yield only the epochs from k's epoch on
+    epochs = math.ceil(job.train.steps * accum / per_epoch) + 1
+    logger.info("training %d steps from micro-batch %d: %d x %d rows per rank per step, shard %d/%d, "
+                "%d batches per epoch", job.train.steps, start_step, accum, batch_size, shard_id, num_shards,
+                per_epoch)
+    return _batches(dataset, epochs)
 
 
 def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, run_dir: Path, is_main: bool,
