@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pangu_ms.config import JobConfig
-from pangu_ms.errors import ConfigError
+from pangu_ms.errors import ConfigError, DataError
 from pangu_ms.train import checkpoint as ckpt
 from pangu_ms.train.metrics import MetricsLog, plot_loss, summary_text, unigram_entropy
 from pangu_ms.train.optimizer import build_optimizer, lr_at
@@ -152,6 +152,7 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
     if resume:
         state = ckpt.resume(resume, trainer.cell)
+        _check_same_data_layout(state.meta, sharding, trainer.accum_steps)
         pos = _Position(state.step, state.data_step, state.tokens_seen)
         log.write("resume", step=pos.step, path=str(state.path))
     batches = _train_batches(job, train_files, trainer.accum_steps, pos.data_step, **sharding)
@@ -160,10 +161,27 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
         # every rank evaluates the same batches of the single-process micro-batch size, so the
         # held-out loss does not depend on the data-parallel degree
         eval_batch = job.train.global_batch_size // job.train.grad_accum_steps
-        evaluator = _Evaluator(net, shard_files(job.data.output_dir, "heldout"), job, eval_batch)
-    result = _run(job, trainer, batches, evaluator, pos, log, run_dir, is_main, progress)
+        try:
+            evaluator = _Evaluator(net, shard_files(job.data.output_dir, "heldout"), job, eval_batch)
+        except DataError as exc:  # e.g. fewer held-out rows than one batch: train without it
+            logger.warning("no held-out evaluation: %s", exc)
+    meta = _data_layout(sharding, trainer.accum_steps)
+    result = _run(job, trainer, batches, evaluator, pos, log, run_dir, is_main, progress, meta)
     result["setup_s"] = result.pop("t_loop_start") - t_start
     return _finish(job, result, net, train_files, run_dir, info, t_start)
+
+
+def _data_layout(sharding: dict[str, int], accum: int) -> dict[str, int]:
+    return {"micro_batch": sharding["batch_size"], "data_shards": sharding["num_shards"], "accum_steps": accum}
+
+
+def _check_same_data_layout(meta: dict[str, Any], sharding: dict[str, int], accum: int) -> None:
+    """The saved data position counts micro-batches of one layout; resuming needs the same."""
+    now = _data_layout(sharding, accum)
+    saved = {k: meta[k] for k in now if k in meta}
+    if saved and saved != now:
+        raise ConfigError(f"checkpoint was written with data layout {saved} but this run uses {now}: resume with "
+                          "the same train.global_batch_size, train.grad_accum_steps and number of workers")
 
 
 def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
@@ -202,7 +220,7 @@ def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int
 
 
 def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, run_dir: Path, is_main: bool,
-         progress: bool) -> dict[str, Any]:
+         progress: bool, meta: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
     tokens_per_step = job.train.global_batch_size * job.model.seq_length
@@ -243,7 +261,7 @@ def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, run_
                 bar.write(f"step {pos.step}: held-out loss {last['heldout']:.4f}")
         if is_main and (pos.step % job.checkpoint.every_steps == 0 or pos.step == total):
             ckpt.save(run_dir, trainer.cell, step=pos.step, data_step=pos.data_step, tokens_seen=pos.tokens_seen,
-                      job=job, extra_meta={"loss": res.loss, "loss_scale": res.loss_scale})
+                      job=job, extra_meta={"loss": res.loss, "loss_scale": res.loss_scale, **meta})
         if os.environ.get(KILL_AFTER_STEP_ENV) == str(pos.step):
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()

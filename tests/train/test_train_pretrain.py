@@ -76,6 +76,7 @@ def test_pretrain_writes_metrics_plot_summary_and_checkpoints(setup):
     assert {p.name for p in step6.iterdir()} == {"model.ckpt", "meta.json", "config.yaml", "tokenizer"}
     meta = json.loads((step6 / "meta.json").read_text())
     assert meta["step"] == STEPS and meta["data_step"] == STEPS and meta["loss_scale"] > 0
+    assert (meta["micro_batch"], meta["data_shards"], meta["accum_steps"]) == (4, 1, 1)
     tensors = ckpt.read_tensors(step6)
     assert {"loss_scale", "global_step", "step", "data_step"} <= set(tensors)
     assert any(k.startswith("adam_m.lm.") for k in tensors)
@@ -143,3 +144,10 @@ def test_load_for_inference(setup):
     pos = ms.Tensor(np.arange(seq, dtype=np.int32)[None])
     mask = ms.Tensor(np.tril(np.ones((1, seq, seq), np.float32)))
     assert model(ids, pos, mask).shape == (seq, TOY_MODEL["vocab_size"])
+
+
+def test_resume_with_another_data_layout_is_refused(setup, tmp_path):
+    root, config, _ = setup
+    done = pretrain(config, "--resume", str(root / "run_a"), "--out", str(tmp_path / "x"),
+                    "--set", "train.global_batch_size=8")
+    assert done.returncode == 2 and "data layout" in done.stderr
