@@ -23,18 +23,10 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 
 import mindspore as ms  # noqa: E402
 
-from pangu_ms.config import ModelConfig  # noqa: E402
+from pangu_testing import tiny_model_config  # noqa: E402
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
-
-
-def tiny_model_config(**overrides) -> ModelConfig:
-    """A very small PanGu-alpha for numerics and unit tests (not the 5M `tiny` YAML model)."""
-    fields = dict(vocab_size=96, seq_length=16, num_layers=3, hidden_size=32, ffn_hidden_size=64,
-                  num_heads=4, dropout=0.0)
-    fields.update(overrides)
-    return ModelConfig(**fields)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 from pangu_ms.errors import ConfigError, DataError
 from pangu_ms.eval import metrics
 from pangu_ms.eval.datasets import Example, sentiment_splits

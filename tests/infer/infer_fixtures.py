@@ -6,7 +6,7 @@ import os
 import mindspore as ms
 import pytest
 
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 SEQ = 16

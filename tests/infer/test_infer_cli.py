@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 from infer_fixtures import no_compile_cache  # noqa: F401 (fixture)
 from pangu_ms.cli import main
 from pangu_ms.config import JobConfig, TokenizerConfig

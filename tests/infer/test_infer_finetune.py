@@ -5,7 +5,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 from infer_fixtures import no_compile_cache  # noqa: F401 (fixture)
 from pangu_ms.data.dataset import eod_reset
 from pangu_ms.eval.datasets import Example

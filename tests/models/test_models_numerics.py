@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 from pangu_ms.models.layers import CoreAttention, FastCoreAttention
 from pangu_ms.models.pangu_alpha import CrossEntropy, PanguAlphaLM, VocabParallelCrossEntropy
 

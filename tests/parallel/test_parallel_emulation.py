@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 
 from pangu_ms.config import ParallelConfig
 from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss

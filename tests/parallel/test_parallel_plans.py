@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 
 from pangu_ms.config import ParallelConfig, RecomputeConfig
 from pangu_ms.models.pangu_alpha import (CrossEntropy, PanguAlphaLM, PanguAlphaWithLoss,

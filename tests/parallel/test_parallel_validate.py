@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 
 from pangu_ms.config import ModelConfig, ParallelConfig, load_config
 from pangu_ms.errors import ConfigError

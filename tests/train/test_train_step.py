@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from conftest import tiny_model_config
+from pangu_testing import tiny_model_config
 from pangu_ms.config import OptimizerConfig, ScheduleConfig
 from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
 from pangu_ms.train.optimizer import WarmupCosineLR, build_optimizer, decays, lr_at, param_groups

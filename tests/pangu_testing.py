@@ -1,0 +1,16 @@
+"""Test helpers importable from every test directory (`from pangu_testing import ...`).
+
+Not named `conftest`: pytest loads several conftest modules under that one name, so
+`from conftest import x` would pick whichever was imported last.
+"""
+from __future__ import annotations
+
+from pangu_ms.config import ModelConfig
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """A very small PanGu-alpha for numerics and unit tests (not the 5M `tiny` YAML model)."""
+    fields = dict(vocab_size=96, seq_length=16, num_layers=3, hidden_size=32, ffn_hidden_size=64,
+                  num_heads=4, dropout=0.0)
+    fields.update(overrides)
+    return ModelConfig(**fields)
