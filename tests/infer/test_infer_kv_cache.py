@@ -124,3 +124,17 @@ def test_left_pad_positions():
     np.testing.assert_array_equal(ids, [[6, 7, 8, 9], [6, 6, 6, 5]])
     np.testing.assert_array_equal(pos, [[0, 0, 1, 2], [0, 0, 0, 0]])
     np.testing.assert_array_equal(pad, [1, 3])
+
+
+def test_generate_stop_ids_length_and_cache_limit(decoder1):
+    from pangu_ms.infer.generate import generate
+    from pangu_ms.infer.sampling import SamplingParams
+
+    greedy = SamplingParams(temperature=0.0)
+    (free,) = generate(decoder1, [[20, 21, 22]], greedy, max_new_tokens=5)
+    assert free.finish_reason == "length" and len(free.tokens) == 5
+    (stopped,) = generate(decoder1, [[20, 21, 22]], greedy, max_new_tokens=5, stop_ids=(free.tokens[2],))
+    assert stopped.finish_reason == "stop" and stopped.tokens == free.tokens[:free.tokens.index(free.tokens[2])]
+    (full,) = generate(decoder1, [[20, 21, 22]], greedy, max_new_tokens=100)
+    assert full.finish_reason == "cache_full" and len(full.tokens) == SEQ - 3 + 1
+    assert full.tokens[:5] == free.tokens  # same greedy path
