@@ -251,14 +251,21 @@ class VocabParallelCrossEntropy(nn.Cell):
         self.sum = P.ReduceSum(keep_dims=True)
         self.log = P.Log()
         self.log_sub = P.Sub()
-        self.gather = P.GatherD()
+        # the label's log-probability as a one-hot dot product: each vocab shard contributes
+        # its part and the sum all-reduces, where a gather along the split axis would first
+        # collect the whole [T, V] log-probabilities on every device
+        self.vocab_size = cfg.vocab_size
+        self.one_hot = P.OneHot()
+        self.pick = P.Mul()
+        self.label_sum = P.ReduceSum()
         self.not_pad = P.NotEqual()
         self.cast = P.Cast()
 
     def construct(self, logits, labels):
         shifted = self.sub(logits, ops.stop_gradient(self.max(logits, -1)))  # [T, V]
         logp = self.log_sub(shifted, self.log(self.sum(self.exp(shifted), -1)))  # [T, V]
-        nll = -self.gather(logp, 1, labels.reshape(-1, 1)).reshape(-1)  # [T]
+        hot = self.one_hot(labels, self.vocab_size, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
+        nll = -self.label_sum(self.pick(logp, hot), -1)  # [T]
         w = self.cast(self.not_pad(labels, self.pad_id), ms.float32)  # [T]
         return (nll * w).sum() / w.sum().clip(1.0, None)
 

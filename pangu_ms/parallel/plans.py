@@ -130,9 +130,10 @@ def _layer(p: str, m: ModelConfig) -> dict[str, LogicalStrategy | None]:
 def _loss(vocab_parallel: bool) -> dict[str, LogicalStrategy | None]:
     if vocab_parallel:  # VocabParallelCrossEntropy over logits [T, V] split (batch, vocab)
         tv = (B, V)
-        # GatherD along the vocab axis: the framework gathers log-probs over mp first
+        # the label pick is a one-hot product summed over the split vocab axis (an all-reduce)
         return {"loss.max": (tv,), "loss.sub": (tv, ROW), "loss.exp": (tv,), "loss.sum": (tv,),
-                "loss.log": (ROW,), "loss.log_sub": (tv, ROW), "loss.gather": (ROW, ROW),
+                "loss.log": (ROW,), "loss.log_sub": (tv, ROW), "loss.one_hot": (tv, (), ()),
+                "loss.pick": (tv, tv), "loss.label_sum": (tv,),
                 "loss.not_pad": ((B,), ()), "loss.cast": REPLICATED}
     return {"loss.log_softmax": (ROW,), "loss.gather": (ROW, ROW), "loss.not_pad": ((B,), ()),
             "loss.softmax_minus_onehot": (ROW, (B,)), "loss.cast": REPLICATED, "loss.zeros_like": REPLICATED}
