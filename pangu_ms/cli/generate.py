@@ -45,20 +45,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _read_prompts(path: str) -> list[str]:
+    from pangu_ms.data.corpora import read_json_lines
     from pangu_ms.errors import DataError
 
     prompts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"--input {path}: cannot read ({exc})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not JSON ({exc})") from None
+    for n, obj in read_json_lines(path, "--input"):
         text = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else None
         if not isinstance(text, str):
             raise DataError(f"{path}:{n}: expected an object with a string field 'prompt' (or 'text')")

@@ -154,6 +154,25 @@ def _read_jsonl(path: Path, text_field: str, stats: Counter) -> list[str]:
     return docs
 
 
+def read_json_lines(path: str | Path, what: str) -> list[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line of a JSON-lines file, strictly:
+    an unreadable file or a line that is not JSON is a DataError naming `what` and the line.
+    (Corpora use the lenient `_read_jsonl`, which skips and counts bad lines instead.)"""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{what} {path}: cannot read ({exc})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not JSON ({exc})") from None
+    return out
+
+
 def load_documents(name: str, *, text_field: str = "text", stats: Counter | None = None) -> list[str]:
     """Documents of a built-in corpus or user files, in a deterministic order.
 

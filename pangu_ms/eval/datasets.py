@@ -13,11 +13,11 @@ User data: a JSON-lines file with one object per line; classification needs `tex
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pangu_ms.data.corpora import read_json_lines
 from pangu_ms.errors import DataError
 
 TEST_PER_CLASS = 500
@@ -71,18 +71,8 @@ BUILTIN_DATASETS = {"shopping_reviews": sentiment_splits}
 def read_jsonl(path: str | Path, text_field: str, label_field: str) -> list[Example]:
     """Examples from a JSON-lines file (labels are read as strings)."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"{p}: cannot read task data ({exc})") from None
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{p}:{n}: not JSON ({exc})") from None
+    for n, obj in read_json_lines(p, "task data"):
         if not isinstance(obj, dict) or text_field not in obj or label_field not in obj:
             raise DataError(f"{p}:{n}: expected an object with fields {text_field!r} and {label_field!r}")
         out.append(Example(str(obj[text_field]), str(obj[label_field])))

@@ -61,3 +61,17 @@ def test_bad_inputs_clear_errors(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(DataError, match="no .txt or .jsonl"):
         load_documents(str(tmp_path / "d"))
+
+
+def test_read_json_lines_is_strict_and_names_the_line(tmp_path):
+    from pangu_ms.data.corpora import read_json_lines
+    from pangu_ms.errors import DataError
+
+    p = tmp_path / "in.jsonl"
+    p.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n', encoding="utf-8")
+    assert read_json_lines(p, "--input") == [(1, {"prompt": "a"}), (3, {"prompt": "b"})]
+    p.write_text('{"prompt": "a"}\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"in\.jsonl:2: not JSON"):
+        read_json_lines(p, "--input")
+    with pytest.raises(DataError, match=r"--input .*missing\.jsonl: cannot read"):
+        read_json_lines(tmp_path / "missing.jsonl", "--input")
