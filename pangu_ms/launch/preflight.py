@@ -1,7 +1,8 @@
 """Pre-flight checks the launchers run before starting any training process.
 
-`python -m pangu_ms.launch.preflight --config C [--set K=V ...] (--rank-table T --server-index I |
---workers N [--local-workers L])` checks, in order:
+`preflight(...)` (run by the launchers as `python -m pangu_ms.cli.preflight --config C
+[--set K=V ...] (--rank-table T --server-index I | --workers N [--local-workers L])`) checks,
+in order:
 
 1. the config loads and every section validates (`load_config`);
 2. the rank table parses and validates, the server index is in range and, on an Ascend host,
@@ -12,23 +13,20 @@
 4. the parallel layout fits the model and batch (`pangu_ms.parallel.validate`);
 5. the prepared training data exists (`pangu_ms.data.prepare.shard_files`).
 
-On success it prints, for the shell, `RANK_SIZE=<n>`, `SERVER_ID=<id>` and one line
-`RANK <rank_id> <device_id>` per local device (rank-table mode), and a summary on stderr.
-On failure it prints one `error: ...` line and exits 2, before anything was started.
+It returns what to start on this machine, or raises a `PanguError` naming the problem;
+`pangu_ms.cli.preflight` turns that into the lines the shell scripts read.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pangu_ms.config import JobConfig, load_config
-from pangu_ms.errors import ConfigError, DataError, PanguError
+from pangu_ms.errors import ConfigError, DataError
 from pangu_ms.launch.rank_table import RankTableError, load_table
 from pangu_ms.launch.sources import local_addresses
 
@@ -148,41 +146,3 @@ def preflight(*, config: str, overrides: list[str] | None = None, rank_table: st
         checks.append(check_data(job))
     plan.checks = checks
     return plan
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pangu_ms.launch.preflight", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="run config YAML")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, as given to pretrain (repeatable)")
-    p.add_argument("--rank-table", help="HCCL rank table (run_distributed.sh)")
-    p.add_argument("--server-index", type=int, help="this server's position in the rank table (0-based)")
-    p.add_argument("--workers", type=int, help="msrun worker count (default: the config's dp*mp*pp)")
-    p.add_argument("--local-workers", type=int, help="msrun workers on this node")
-    p.add_argument("--no-data-check", action="store_true", help="skip the training-data check")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        plan = preflight(config=args.config, overrides=args.overrides, rank_table=args.rank_table,
-                         server_index=args.server_index, workers=args.workers, local_workers=args.local_workers,
-                         data=not args.no_data_check)
-    except PanguError as exc:
-        print(f"error: pre-flight: {exc}", file=sys.stderr)
-        return 2
-    for line in plan.checks:
-        print(f"pre-flight ok: {line}", file=sys.stderr)
-    print(f"RANK_SIZE={plan.rank_size}")
-    if plan.server_id is not None:
-        print(f"SERVER_ID={plan.server_id}")
-    for rank, device in plan.local:
-        print(f"RANK {rank} {device}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

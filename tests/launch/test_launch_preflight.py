@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from pangu_ms.errors import ConfigError, DataError
-from pangu_ms.launch.preflight import check_local_devices, main, preflight, warn_if_not_local
+from pangu_ms.cli.preflight import main
+from pangu_ms.launch.preflight import check_local_devices, preflight, warn_if_not_local
 from pangu_ms.launch.rank_table import RankTableError
 
 
