@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def export_mindir(lm: PanguAlphaLM, out_dir: str | Path, *, batch_size: int = 1, prompt_length: int = 32,
-                  max_length: int | None = None) -> tuple[Path, Path]:
+                  max_length: int | None = None, fused_kernels: bool = True) -> tuple[Path, Path]:
     """Write `<out_dir>/prompt.mindir` and `<out_dir>/step.mindir`; returns both paths."""
     cfg = lm.config
     m = int(max_length or cfg.seq_length)
     if not 1 <= prompt_length <= m:
         raise ValueError(f"prompt_length={prompt_length} must be in [1, max_length={m}]")
     lm.set_train(False)
-    core = DecoderCore(lm, m)
+    core = DecoderCore(lm, m, fused_kernels=fused_kernels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     b, s = batch_size, prompt_length

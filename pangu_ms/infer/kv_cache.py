@@ -3,14 +3,14 @@
 Notation: B batch, S prompt length, M cache length (the maximum total length), H hidden,
 N heads, D head dim, V vocab, L layers (blocks plus the top query layer).
 
-Two compiled graphs share the weights of a trained `PanguAlphaLM` (its sub-cells are reused,
+Two compiled graphs share the weights of a trained `PanguAlphaLM` (its Parameters are reused,
 nothing is copied) and one set of cache Parameters:
 
 - `PrefillCell(input_ids [B, S], position_ids [B, S], pad_len [B])`: runs the whole prompt,
   writes every layer's K/V for slots 0..S-1 (the rest of the cache is zeroed) and returns the
   logits of the last slot [B, V];
 - `StepCell(input_ids [B, 1], position_ids [B, 1], slot [] int32, pad_len [B])`: writes one
-  token's K/V at `slot` and returns its logits [B, V].
+  token's K/V at `slot` in place and returns its logits [B, V].
 
 Prompts of different lengths are LEFT-padded to a common length: row b's prompt occupies
 slots pad_len[b]..S-1, so every row's next token goes to the same slot and one step graph
@@ -19,155 +19,203 @@ ids count from its first real token, so a padded row computes exactly what the m
 computes on that row alone. The slot and positions are Tensors: a Python int would
 recompile the step graph every token (MINDSPORE_CPU_NOTES.md item 3c).
 
+Why the layer math is written out here instead of calling the model's sub-cells: at one
+token per step a graph's cost is its op count and its Python call overhead, not arithmetic.
+`DecoderCore` is one flat Cell holding the model's own Parameters (ParameterTuples, names
+unchanged) that runs the same equations as `pangu_ms.models.pangu_alpha` with fused
+LayerNorm and GELU kernels (`pangu_ms.kernels`, switch `fused_kernels`), no head
+transposes for a single token, and one in-place `ScatterUpdate` of one slot per cache
+(caches are stored [B*N*M, D] so the slot rows are a first-axis scatter). Calling a Cell
+walks all its sub-cells in Python, about 30 us each: the model's 80 sub-cells cost more
+than the 4-layer step itself. Tests compare every step with the training model's forward.
+
 `ExportPrefill` / `ExportStep` are the same graphs with the cache as explicit inputs and
 outputs (stacked [L, B, N, M, D]), for `mindspore.export` to MindIR.
 """
 from __future__ import annotations
+
+import math
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import operations as P
 
+from pangu_ms.kernels import GeluKernel, LayerNormKernel
+from pangu_ms.models.layers import compute_dtype
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 _BLOCKED = -10000.0  # the model's additive mask value (PanguAlpha.attention_bias)
 
+# DecoderCore attribute -> the Parameter's path inside a Block / the QueryLayer
+_LAYER_WEIGHTS = (
+    ("ln1_gamma", "ln1.gamma"), ("ln1_beta", "ln1.beta"),
+    ("wq", "attention.linear_q.weight"), ("bq", "attention.linear_q.bias"),
+    ("wk", "attention.linear_k.weight"), ("bk", "attention.linear_k.bias"),
+    ("wv", "attention.linear_v.weight"), ("bv", "attention.linear_v.bias"),
+    ("wo", "attention.linear_out.weight"), ("bo", "attention.linear_out.bias"),
+    ("ln2_gamma", "ln2.gamma"), ("ln2_beta", "ln2.beta"),
+    ("w1", "ffn.linear_fc1.weight"), ("b1", "ffn.linear_fc1.bias"),
+    ("w2", "ffn.linear_fc2.weight"), ("b2", "ffn.linear_fc2.bias"),
+)
 
-class _CachedAttention(nn.Cell):
-    """Attention of one layer reading and writing a K/V cache; reuses the model's `Attention`.
 
-    The projections, head split, core (scores, fp32 softmax, context) and output projection
-    are the model's own sub-cells, so the math is the training math.
-    """
-
-    def __init__(self, attention: nn.Cell):
-        super().__init__(auto_prefix=False)  # keep the shared parameters' names
-        self.attn = attention
-        self.concat = P.Concat(axis=2)
-        self.select = P.Select()
-
-    def _qkv(self, query_in, kv_in, batch: int, seq: int):
-        """query_in, kv_in [B*S, H] -> q, k, v [B, N, S, D] (q pre-scaled by 1/sqrt(D))."""
-        a = self.attn
-        q = a.split_heads(a.scale_q(a.linear_q(query_in), a.scale), batch, seq)  # [B, N, S, D]
-        k = a.split_heads(a.linear_k(kv_in), batch, seq)  # [B, N, S, D]
-        v = a.split_heads(a.linear_v(kv_in), batch, seq)  # [B, N, S, D]
-        return q, k, v
-
-    def _out(self, q, k, v, bias):
-        ctx, _ = self.attn.core(q, k, v, bias)  # [B, N, S, D]
-        return self.attn.linear_out(self.attn.merge_heads(ctx))  # [B*S, H]
-
-    def prefill(self, query_in, kv_in, bias, cache_pad):
-        """Whole prompt: -> out [B*S, H], k and v caches [B, N, M, D] (slots >= S zero)."""
-        batch, seq = bias.shape[0], bias.shape[-1]
-        q, k, v = self._qkv(query_in, kv_in, batch, seq)
-        out = self._out(q, k, v, bias)
-        return out, self.concat((k, cache_pad)), self.concat((v, cache_pad))
-
-    def step(self, query_in, kv_in, bias, write, k_cache, v_cache):
-        """One token: write [1, 1, M, 1] bool marks the slot; -> out [B, H], caches [B, N, M, D]."""
-        batch = bias.shape[0]
-        q, k, v = self._qkv(query_in, kv_in, batch, 1)  # [B, N, 1, D]
-        k_cache = self.select(write, k.broadcast_to(k_cache.shape), k_cache)  # [B, N, M, D]
-        v_cache = self.select(write, v.broadcast_to(v_cache.shape), v_cache)
-        return self._out(q, k_cache, v_cache, bias), k_cache, v_cache
+def _param(cell: nn.Cell, path: str) -> Parameter:
+    for part in path.split("."):
+        cell = getattr(cell, part)
+    return cell
 
 
 class DecoderCore(nn.Cell):
     """The layer stack of a `PanguAlphaLM` evaluated against caches (functional: caches are
-    tuples of L tensors [B, N, M, D] in and out). Holds no state of its own."""
+    tuples of L tensors, [B, N, M, D] out of `prefill`, [B*N*M, D] into `step`). Holds the
+    model's Parameters, no state of its own."""
 
-    def __init__(self, lm: PanguAlphaLM, max_length: int):
+    def __init__(self, lm: PanguAlphaLM, max_length: int, *, fused_kernels: bool = True):
         super().__init__(auto_prefix=False)
         cfg = lm.config
         if not 1 <= max_length <= cfg.seq_length:
             raise ValueError(f"max_length={max_length} must be in [1, seq_length={cfg.seq_length}]")
-        self.lm = lm
         self.max_length = max_length
         self.num_layers = cfg.num_layers
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
         bb = lm.backbone
-        self.attns = nn.CellList([_CachedAttention(b.attention) for b in bb.blocks]
-                                 + [_CachedAttention(bb.query_layer.attention)], auto_prefix=False)
+        self.embeddings = ParameterTuple([bb.word_embedding.embedding_table,  # [V, H], also the head
+                                          bb.position_embedding.embedding_table,  # [S_max, H]
+                                          bb.top_query_embedding.embedding_table])  # [S_max, H]
+        self.final_ln = ParameterTuple([bb.final_ln.gamma, bb.final_ln.beta])
+        layers = list(bb.blocks) + [bb.query_layer]
+        for name, path in _LAYER_WEIGHTS:
+            setattr(self, name, ParameterTuple([_param(layer, path) for layer in layers]))
+        self.layer_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=fused_kernels)
+        self.gelu = GeluKernel(fused=fused_kernels)
+        self.low_precision = cfg.compute_dtype != "float32"
+        self.dtype = compute_dtype(cfg.compute_dtype)
         self.slots = Tensor(np.arange(max_length, dtype=np.int32))  # [M]
-        self.less_equal = P.LessEqual()
-        self.greater_equal = P.GreaterEqual()
-        self.logical_and = P.LogicalAnd()
+        self.gather = P.Gather()
+        self.matmul = P.MatMul()
+        self.vocab_proj = P.MatMul(transpose_b=True)
+        self.qk_matmul = P.BatchMatMul(transpose_b=True)
+        self.pv_matmul = P.BatchMatMul()
+        self.softmax = P.Softmax(-1)
+        self.transpose = P.Transpose()
+        self.concat = P.Concat(axis=2)
+        self.scatter_update = P.ScatterUpdate()  # in place on a Parameter
+        self.tensor_scatter_update = P.TensorScatterUpdate()  # functional (export)
         self.cast = P.Cast()
+
+    def _mm(self, x, w, matmul):
+        """x @ w (or w^T) in the compute dtype, result fp32."""
+        if self.low_precision:
+            return self.cast(matmul(self.cast(x, self.dtype), self.cast(w, self.dtype)), ms.float32)
+        return matmul(x, w)
+
+    def _linear(self, x, w, b):
+        """x [T, in] @ w [in, out] + b -> [T, out] fp32 (models.layers.Linear)."""
+        return self._mm(x, w, self.matmul) + b
 
     def _bias(self, query_slots, key_slots, pad_len):
         """Additive bias [B, 1, Q, K]: a query at slot i sees keys j with pad_len[b] <= j <= i."""
-        causal = self.less_equal(key_slots.reshape(1, 1, 1, -1), query_slots.reshape(1, 1, -1, 1))
-        real = self.greater_equal(key_slots.reshape(1, 1, 1, -1), pad_len.reshape(-1, 1, 1, 1))
-        ok = self.logical_and(causal, real)  # [B, 1, Q, K]
+        causal = key_slots.reshape(1, 1, 1, -1) <= query_slots.reshape(1, 1, -1, 1)
+        real = key_slots.reshape(1, 1, 1, -1) >= pad_len.reshape(-1, 1, 1, 1)
+        ok = ops.logical_and(causal, real)  # [B, 1, Q, K]
         return (1.0 - self.cast(ok, ms.float32)) * _BLOCKED  # as PanguAlpha.attention_bias
 
     def _embed(self, input_ids, position_ids):
-        """-> hidden [B*S, H] and the top query embedding [B*S, H]."""
-        bb = self.lm.backbone
+        """-> hidden [B*S, H], the top query embedding [B*S, H] and the word table [V, H]."""
+        word, position, top_query = self.embeddings[0], self.embeddings[1], self.embeddings[2]
         b, s = input_ids.shape
-        h = bb.embedding_add(bb.word_embedding(input_ids), bb.position_embedding(position_ids))
-        query = bb.top_query_embedding(position_ids).reshape(b * s, -1)  # [B*S, H]
-        return h.reshape(b * s, -1), query  # [B*S, H]
+        h = self.gather(word, input_ids, 0) + self.gather(position, position_ids, 0)  # [B, S, H]
+        query = self.gather(top_query, position_ids, 0).reshape(b * s, -1)  # [B*S, H]
+        return h.reshape(b * s, -1), query, word
+
+    def _qkv(self, i: int, h, query):
+        """Layer i's LN1 and projections: -> q (scaled by 1/sqrt(D)), k, v [B*S, H]."""
+        kv_in = self.layer_norm(h, self.ln1_gamma[i], self.ln1_beta[i])
+        q_in = kv_in
+        if i == self.num_layers - 1:  # the query layer's query is the top query embedding
+            q_in = query
+        q = self._linear(q_in, self.wq[i], self.bq[i]) * self.scale
+        return q, self._linear(kv_in, self.wk[i], self.bk[i]), self._linear(kv_in, self.wv[i], self.bv[i])
+
+    def _attend(self, q, k, v, bias):
+        """q [B, N, Q, D] (pre-scaled), k, v [B, N, K, D], bias [B, 1, Q, K] -> ctx [B, N, Q, D] fp32."""
+        scores = self._mm(q, k, self.qk_matmul)  # [B, N, Q, K] fp32
+        probs = self.softmax(scores + bias)
+        return self._mm(probs, v, self.pv_matmul)  # [B, N, Q, D]
+
+    def _finish_layer(self, i: int, h, ctx):
+        """Residual attention output, then h + FFN(LN2(h)): ctx, h [T, H] -> h [T, H]."""
+        h = h + self._linear(ctx, self.wo[i], self.bo[i])
+        x = self.layer_norm(h, self.ln2_gamma[i], self.ln2_beta[i])
+        x = self.gelu(self._linear(x, self.w1[i], self.b1[i]))  # [T, F]
+        return h + self._linear(x, self.w2[i], self.b2[i])
+
+    def _logits(self, h, table):
+        """h [T, H] -> logits [T, V] with the tied word table."""
+        return self._mm(h, table, self.vocab_proj)
+
+    def _heads(self, x, b: int, s: int):
+        """[B*S, H] -> [B, N, S, D]."""
+        return self.transpose(x.reshape(b, s, self.heads, self.head_dim), (0, 2, 1, 3))
 
     def prefill(self, input_ids, position_ids, pad_len):
-        """ids, positions [B, S], pad_len [B] -> last-slot logits [B, V], k and v cache tuples."""
+        """ids, positions [B, S], pad_len [B] -> last-slot logits [B, V], k, v caches [B, N, M, D]."""
         b, s = input_ids.shape
         bias = self._bias(self.slots[:s], self.slots[:s], pad_len)  # [B, 1, S, S]
-        cache_pad = ops.zeros((b, self.heads, self.max_length - s, self.head_dim), ms.float32)
-        h, query = self._embed(input_ids, position_ids)
+        pad = ops.zeros((b, self.heads, self.max_length - s, self.head_dim), ms.float32)
+        h, query, table = self._embed(input_ids, position_ids)
         ks, vs = [], []
-        bb = self.lm.backbone
-        for i, block in enumerate(bb.blocks):
-            x = block.ln1(h)
-            out, k, v = self.attns[i].prefill(x, x, bias, cache_pad)
-            ks.append(k)
-            vs.append(v)
-            h = block.residual_attn(h, out)
-            h = block.residual_ffn(h, block.ffn(block.ln2(h)))
-        h = bb.final_ln(h)
-        ql = bb.query_layer
-        out, k, v = self.attns[self.num_layers - 1].prefill(query, ql.ln1(h), bias, cache_pad)
-        ks.append(k)
-        vs.append(v)
-        h = ql.residual_attn(h, out)
-        h = ql.residual_ffn(h, ql.ffn(ql.ln2(h)))  # [B*S, H]
+        for i in range(self.num_layers):
+            if i == self.num_layers - 1:
+                h = self.layer_norm(h, self.final_ln[0], self.final_ln[1])
+            q, k, v = self._qkv(i, h, query)
+            k, v = self._heads(k, b, s), self._heads(v, b, s)  # [B, N, S, D]
+            ctx = self._attend(self._heads(q, b, s), k, v, bias)  # [B, N, S, D]
+            ctx = self.transpose(ctx, (0, 2, 1, 3)).reshape(b * s, -1)  # [B*S, H]
+            h = self._finish_layer(i, h, ctx)
+            ks.append(self.concat((k, pad)))  # [B, N, M, D]
+            vs.append(self.concat((v, pad)))
         last = h.reshape(b, s, -1)[:, s - 1]  # [B, H]
-        return self.lm.logits(last), tuple(ks), tuple(vs)
+        return self._logits(last, table), tuple(ks), tuple(vs)
 
-    def step(self, input_ids, position_ids, slot, pad_len, k_caches, v_caches):
-        """ids, positions [B, 1], slot [] int32, pad_len [B], caches -> logits [B, V], caches."""
+    def _write(self, cache, rows, new, in_place: bool):
+        """Put new [B*N, D] at rows [B*N] of cache [B*N*M, D] -> the updated cache [B, N, M, D]."""
+        if in_place:
+            cache = self.scatter_update(cache, rows, new)
+        else:
+            cache = self.tensor_scatter_update(cache, rows.reshape(-1, 1), new)
+        return cache.reshape(-1, self.heads, self.max_length, self.head_dim)
+
+    def step(self, input_ids, position_ids, slot, pad_len, k_caches, v_caches, in_place: bool):
+        """ids, positions [B, 1], slot [] int32, pad_len [B], caches [B*N*M, D] (Parameters when
+        `in_place`) -> logits [B, V], updated caches [B, N, M, D]."""
+        b = input_ids.shape[0]
+        n, d = self.heads, self.head_dim
         bias = self._bias(slot.reshape(1), self.slots, pad_len)  # [B, 1, 1, M]
-        write = (self.slots == slot).reshape(1, 1, -1, 1)  # [1, 1, M, 1]
-        h, query = self._embed(input_ids, position_ids)  # [B, H]
+        rows = ops.arange(0, b * n * self.max_length, self.max_length, dtype=ms.int32) + slot  # [B*N]
+        h, query, table = self._embed(input_ids, position_ids)  # [B, H]
         ks, vs = [], []
-        bb = self.lm.backbone
-        for i, block in enumerate(bb.blocks):
-            x = block.ln1(h)
-            out, k, v = self.attns[i].step(x, x, bias, write, k_caches[i], v_caches[i])
+        for i in range(self.num_layers):
+            if i == self.num_layers - 1:
+                h = self.layer_norm(h, self.final_ln[0], self.final_ln[1])
+            q, k, v = self._qkv(i, h, query)  # [B, H]; one token: [B, H] is [B, N, 1, D] as is
+            k = self._write(k_caches[i], rows, k.reshape(b * n, d), in_place)  # [B, N, M, D]
+            v = self._write(v_caches[i], rows, v.reshape(b * n, d), in_place)
+            ctx = self._attend(q.reshape(b, n, 1, d), k, v, bias)  # [B, N, 1, D]
+            h = self._finish_layer(i, h, ctx.reshape(b, -1))
             ks.append(k)
             vs.append(v)
-            h = block.residual_attn(h, out)
-            h = block.residual_ffn(h, block.ffn(block.ln2(h)))
-        h = bb.final_ln(h)
-        ql = bb.query_layer
-        i = self.num_layers - 1
-        out, k, v = self.attns[i].step(query, ql.ln1(h), bias, write, k_caches[i], v_caches[i])
-        ks.append(k)
-        vs.append(v)
-        h = ql.residual_attn(h, out)
-        h = ql.residual_ffn(h, ql.ffn(ql.ln2(h)))  # [B, H]
-        return self.lm.logits(h), tuple(ks), tuple(vs)
+        return self._logits(h, table), tuple(ks), tuple(vs)
 
 
 class KVCache(nn.Cell):
-    """The cache Parameters: per layer K and V [B, N, M, D], fp32, not trainable."""
+    """The cache Parameters: per layer K and V [B*N*M, D] (row (b*N + n)*M + slot), fp32."""
 
     def __init__(self, num_layers: int, batch: int, heads: int, max_length: int, head_dim: int):
         super().__init__(auto_prefix=False)
-        shape = (batch, heads, max_length, head_dim)
+        shape = (batch * heads * max_length, head_dim)
 
         def make(kind: str, i: int) -> Parameter:
             return Parameter(Tensor(np.zeros(shape, np.float32)), name=f"kv_cache.{kind}.{i}", requires_grad=False)
@@ -178,10 +226,12 @@ class KVCache(nn.Cell):
         self.assign = P.Assign()
 
     def store(self, ks, vs):
-        """Assign new cache tensors to the Parameters; returns a token to depend on."""
+        """Assign whole caches [B, N, M, D] to the Parameters; returns a token to depend on."""
         done = ()
         for i in range(self.num_layers):
-            done = done + (self.assign(self.k[i], ks[i]), self.assign(self.v[i], vs[i]))
+            k, v = ks[i], vs[i]
+            done = done + (self.assign(self.k[i], k.reshape(-1, k.shape[-1])),
+                           self.assign(self.v[i], v.reshape(-1, v.shape[-1])))
         return done
 
 
@@ -204,11 +254,10 @@ class StepCell(nn.Cell):
     def __init__(self, core: DecoderCore, cache: KVCache):
         super().__init__(auto_prefix=False)
         self.core, self.cache = core, cache
-        self.depend = P.Depend()
 
     def construct(self, input_ids, position_ids, slot, pad_len):
-        logits, ks, vs = self.core.step(input_ids, position_ids, slot, pad_len, self.cache.k, self.cache.v)
-        return self.depend(logits, self.cache.store(ks, vs))
+        logits, _, _ = self.core.step(input_ids, position_ids, slot, pad_len, self.cache.k, self.cache.v, True)
+        return logits
 
 
 class ExportPrefill(nn.Cell):
@@ -235,6 +284,10 @@ class ExportStep(nn.Cell):
         self.unstack = P.Unstack(axis=0)
 
     def construct(self, input_ids, position_ids, slot, pad_len, k_cache, v_cache):
-        logits, ks, vs = self.core.step(input_ids, position_ids, slot, pad_len,
-                                        self.unstack(k_cache), self.unstack(v_cache))
+        d = k_cache.shape[-1]
+        ks, vs = [], []
+        for k, v in zip(self.unstack(k_cache), self.unstack(v_cache)):
+            ks.append(k.reshape(-1, d))  # [B*N*M, D]
+            vs.append(v.reshape(-1, d))
+        logits, ks, vs = self.core.step(input_ids, position_ids, slot, pad_len, tuple(ks), tuple(vs), False)
         return logits, self.stack(ks), self.stack(vs)
