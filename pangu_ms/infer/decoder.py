@@ -65,7 +65,7 @@ class IncrementalDecoder:
         lm.set_train(False)
         self.lm, self.batch_size, self.prompt_bucket = lm, batch_size, max(1, prompt_bucket)
         self.pad_id = cfg.pad_id
-        self.core = DecoderCore(lm, self.max_length, fused_kernels=fused_kernels)
+        self.core = DecoderCore(lm, self.max_length, batch_size=batch_size, fused_kernels=fused_kernels)
         self.cache = KVCache(cfg.num_layers, batch_size, cfg.num_heads, self.max_length, cfg.head_dim)
         self.prefill = PrefillCell(self.core, self.cache)
         self.step_cell = StepCell(self.core, self.cache)

@@ -24,8 +24,8 @@ token per step a graph's cost is its op count and its Python call overhead, not 
 `DecoderCore` is one flat Cell holding the model's own Parameters (ParameterTuples, names
 unchanged) that runs the same equations as `pangu_ms.models.pangu_alpha` with fused
 LayerNorm and GELU kernels (`pangu_ms.kernels`, switch `fused_kernels`), no head
-transposes for a single token, and one in-place `ScatterUpdate` of one slot per cache
-(caches are stored [B*N*M, D] so the slot rows are a first-axis scatter). Calling a Cell
+transposes for a single token, and one in-place `ScatterNdUpdate` of one slot per cache
+(index [B, N, 3] = (b, n, slot)). Calling a Cell
 walks all its sub-cells in Python, about 30 us each: the model's 80 sub-cells cost more
 than the 4-layer step itself. Tests compare every step with the training model's forward.
 
@@ -68,10 +68,10 @@ def _param(cell: nn.Cell, path: str) -> Parameter:
 
 class DecoderCore(nn.Cell):
     """The layer stack of a `PanguAlphaLM` evaluated against caches (functional: caches are
-    tuples of L tensors, [B, N, M, D] out of `prefill`, [B*N*M, D] into `step`). Holds the
-    model's Parameters, no state of its own."""
+    tuples of L tensors [B, N, M, D] in and out). Holds the model's Parameters, no state of
+    its own. `batch_size` is B of every call."""
 
-    def __init__(self, lm: PanguAlphaLM, max_length: int, *, fused_kernels: bool = True):
+    def __init__(self, lm: PanguAlphaLM, max_length: int, *, batch_size: int = 1, fused_kernels: bool = True):
         super().__init__(auto_prefix=False)
         cfg = lm.config
         if not 1 <= max_length <= cfg.seq_length:
@@ -93,6 +93,11 @@ class DecoderCore(nn.Cell):
         self.low_precision = cfg.compute_dtype != "float32"
         self.dtype = compute_dtype(cfg.compute_dtype)
         self.slots = Tensor(np.arange(max_length, dtype=np.int32))  # [M]
+        rows = np.zeros((batch_size, cfg.num_heads, 3), np.int32)  # (b, n, slot=0)
+        rows[..., 0] = np.arange(batch_size)[:, None]
+        rows[..., 1] = np.arange(cfg.num_heads)[None, :]
+        self.write_base = Tensor(rows)  # [B, N, 3]
+        self.slot_axis = Tensor(np.array([0, 0, 1], np.int32))  # adds the slot to the last coordinate
         self.gather = P.Gather()
         self.matmul = P.MatMul()
         self.vocab_proj = P.MatMul(transpose_b=True)
@@ -101,7 +106,7 @@ class DecoderCore(nn.Cell):
         self.softmax = P.Softmax(-1)
         self.transpose = P.Transpose()
         self.concat = P.Concat(axis=2)
-        self.scatter_update = P.ScatterUpdate()  # in place on a Parameter
+        self.scatter_update = P.ScatterNdUpdate()  # in place on a Parameter
         self.tensor_scatter_update = P.TensorScatterUpdate()  # functional (export)
         self.cast = P.Cast()
 
@@ -180,29 +185,27 @@ class DecoderCore(nn.Cell):
         last = h.reshape(b, s, -1)[:, s - 1]  # [B, H]
         return self._logits(last, table), tuple(ks), tuple(vs)
 
-    def _write(self, cache, rows, new, in_place: bool):
-        """Put new [B*N, D] at rows [B*N] of cache [B*N*M, D] -> the updated cache [B, N, M, D]."""
+    def _write(self, cache, index, new, in_place: bool):
+        """Put new [B, N, D] at index [B, N, 3] = (b, n, slot) of cache [B, N, M, D] -> the cache."""
         if in_place:
-            cache = self.scatter_update(cache, rows, new)
-        else:
-            cache = self.tensor_scatter_update(cache, rows.reshape(-1, 1), new)
-        return cache.reshape(-1, self.heads, self.max_length, self.head_dim)
+            return self.scatter_update(cache, index, new)
+        return self.tensor_scatter_update(cache, index, new)
 
     def step(self, input_ids, position_ids, slot, pad_len, k_caches, v_caches, in_place: bool):
-        """ids, positions [B, 1], slot [] int32, pad_len [B], caches [B*N*M, D] (Parameters when
-        `in_place`) -> logits [B, V], updated caches [B, N, M, D]."""
+        """ids, positions [B, 1], slot [] int32, pad_len [B], caches [B, N, M, D] (Parameters when
+        `in_place`) -> logits [B, V], updated caches."""
         b = input_ids.shape[0]
         n, d = self.heads, self.head_dim
         bias = self._bias(slot.reshape(1), self.slots, pad_len)  # [B, 1, 1, M]
-        rows = ops.arange(0, b * n * self.max_length, self.max_length, dtype=ms.int32) + slot  # [B*N]
+        index = self.write_base + slot * self.slot_axis  # [B, N, 3]: (b, n, slot)
         h, query, table = self._embed(input_ids, position_ids)  # [B, H]
         ks, vs = [], []
         for i in range(self.num_layers):
             if i == self.num_layers - 1:
                 h = self.layer_norm(h, self.final_ln[0], self.final_ln[1])
             q, k, v = self._qkv(i, h, query)  # [B, H]; one token: [B, H] is [B, N, 1, D] as is
-            k = self._write(k_caches[i], rows, k.reshape(b * n, d), in_place)  # [B, N, M, D]
-            v = self._write(v_caches[i], rows, v.reshape(b * n, d), in_place)
+            k = self._write(k_caches[i], index, k.reshape(b, n, d), in_place)  # [B, N, M, D]
+            v = self._write(v_caches[i], index, v.reshape(b, n, d), in_place)
             ctx = self._attend(q.reshape(b, n, 1, d), k, v, bias)  # [B, N, 1, D]
             h = self._finish_layer(i, h, ctx.reshape(b, -1))
             ks.append(k)
@@ -211,11 +214,11 @@ class DecoderCore(nn.Cell):
 
 
 class KVCache(nn.Cell):
-    """The cache Parameters: per layer K and V [B*N*M, D] (row (b*N + n)*M + slot), fp32."""
+    """The cache Parameters: per layer K and V [B, N, M, D], fp32, not trainable."""
 
     def __init__(self, num_layers: int, batch: int, heads: int, max_length: int, head_dim: int):
         super().__init__(auto_prefix=False)
-        shape = (batch * heads * max_length, head_dim)
+        shape = (batch, heads, max_length, head_dim)
 
         def make(kind: str, i: int) -> Parameter:
             return Parameter(Tensor(np.zeros(shape, np.float32)), name=f"kv_cache.{kind}.{i}", requires_grad=False)
@@ -229,9 +232,7 @@ class KVCache(nn.Cell):
         """Assign whole caches [B, N, M, D] to the Parameters; returns a token to depend on."""
         done = ()
         for i in range(self.num_layers):
-            k, v = ks[i], vs[i]
-            done = done + (self.assign(self.k[i], k.reshape(-1, k.shape[-1])),
-                           self.assign(self.v[i], v.reshape(-1, v.shape[-1])))
+            done = done + (self.assign(self.k[i], ks[i]), self.assign(self.v[i], vs[i]))
         return done
 
 
@@ -284,10 +285,6 @@ class ExportStep(nn.Cell):
         self.unstack = P.Unstack(axis=0)
 
     def construct(self, input_ids, position_ids, slot, pad_len, k_cache, v_cache):
-        d = k_cache.shape[-1]
-        ks, vs = [], []
-        for k, v in zip(self.unstack(k_cache), self.unstack(v_cache)):
-            ks.append(k.reshape(-1, d))  # [B*N*M, D]
-            vs.append(v.reshape(-1, d))
-        logits, ks, vs = self.core.step(input_ids, position_ids, slot, pad_len, tuple(ks), tuple(vs), False)
+        logits, ks, vs = self.core.step(input_ids, position_ids, slot, pad_len,
+                                        self.unstack(k_cache), self.unstack(v_cache), False)
         return logits, self.stack(ks), self.stack(vs)
