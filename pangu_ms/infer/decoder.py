@@ -49,12 +49,13 @@ class IncrementalDecoder:
     `start(prompts)` -> logits [n, V] of each prompt's next token; `step(tokens [n])` feeds
     one token per row and returns the logits of the next. Rows are left-padded to a common
     prompt length (see `pangu_ms.infer.kv_cache`), so a row's budget for new tokens is
-    `max_length` minus the padded prompt length. `fused_kernels` picks the fused LayerNorm and
-    GELU kernels (default) or their reference compositions (`pangu_ms.kernels`).
+    `max_length` minus the padded prompt length. `fused_kernels` (default) runs the step graph
+    with fused kernels (`pangu_ms.kernels`), `cpu_kernels` the C++ matrix-vector ones among
+    them; off, the step graph uses the reference compositions (the training model's ops).
     """
 
     def __init__(self, lm: PanguAlphaLM, *, batch_size: int = 1, max_length: int | None = None,
-                 prompt_bucket: int = 16, fused_kernels: bool = True):
+                 prompt_bucket: int = 16, fused_kernels: bool = True, cpu_kernels: bool = True):
         cfg = lm.config
         self.max_length = int(max_length or cfg.seq_length)
         if not 1 <= self.max_length <= cfg.seq_length:
@@ -65,7 +66,8 @@ class IncrementalDecoder:
         lm.set_train(False)
         self.lm, self.batch_size, self.prompt_bucket = lm, batch_size, max(1, prompt_bucket)
         self.pad_id = cfg.pad_id
-        self.core = DecoderCore(lm, self.max_length, batch_size=batch_size, fused_kernels=fused_kernels)
+        self.core = DecoderCore(lm, self.max_length, batch_size=batch_size, fused_kernels=fused_kernels,
+                                cpu_kernels=cpu_kernels)
         self.cache = KVCache(cfg.num_layers, batch_size, cfg.num_heads, self.max_length, cfg.head_dim)
         self.prefill = PrefillCell(self.core, self.cache)
         self.step_cell = StepCell(self.core, self.cache)

@@ -22,10 +22,13 @@ recompile the step graph every token (MINDSPORE_CPU_NOTES.md item 3c).
 Why the layer math is written out here instead of calling the model's sub-cells: at one
 token per step a graph's cost is its op count and its Python call overhead, not arithmetic.
 `DecoderCore` is one flat Cell holding the model's own Parameters (ParameterTuples, names
-unchanged) that runs the same equations as `pangu_ms.models.pangu_alpha` with fused
-LayerNorm and GELU kernels (`pangu_ms.kernels`, switch `fused_kernels`), no head
-transposes for a single token, and one in-place `ScatterNdUpdate` of one slot per cache
-(index [B, N, 3] = (b, n, slot)). Calling a Cell
+unchanged) that runs the same equations as `pangu_ms.models.pangu_alpha`. The step graph
+uses fused kernels (`pangu_ms.kernels`, switch `fused_kernels`): single LayerNorm and GELU
+kernels, and C++ matrix-vector kernels for every weight product (`cpu_kernels`); it has no
+head transposes for a single token and writes one slot per cache with an in-place
+`ScatterNdUpdate` (index [B, N, 3] = (b, n, slot)). The prompt graph keeps the reference
+compositions: from 32 tokens on they are faster (tiny model, 128 tokens: 29 ms against
+37 ms with the fused LayerNorm/GELU). Calling a Cell
 walks all its sub-cells in Python, about 30 us each: the model's 80 sub-cells cost more
 than the 4-layer step itself. Tests compare every step with the training model's forward.
 
@@ -41,7 +44,7 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import operations as P
 
-from pangu_ms.kernels import GeluKernel, LayerNormKernel
+from pangu_ms.kernels import GeluKernel, LayerNormKernel, LinearKernel, TiedHeadKernel
 from pangu_ms.models.layers import compute_dtype
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
@@ -69,9 +72,12 @@ def _param(cell: nn.Cell, path: str) -> Parameter:
 class DecoderCore(nn.Cell):
     """The layer stack of a `PanguAlphaLM` evaluated against caches (functional: caches are
     tuples of L tensors [B, N, M, D] in and out). Holds the model's Parameters, no state of
-    its own. `batch_size` is B of every call."""
+    its own. `batch_size` is B of every call. `fused_kernels` switches the step graph's fused
+    kernels on, `cpu_kernels` the C++ ones among them (fp32 models only; off for a portable
+    MindIR export)."""
 
-    def __init__(self, lm: PanguAlphaLM, max_length: int, *, batch_size: int = 1, fused_kernels: bool = True):
+    def __init__(self, lm: PanguAlphaLM, max_length: int, *, batch_size: int = 1, fused_kernels: bool = True,
+                 cpu_kernels: bool = True):
         super().__init__(auto_prefix=False)
         cfg = lm.config
         if not 1 <= max_length <= cfg.seq_length:
@@ -88,9 +94,18 @@ class DecoderCore(nn.Cell):
         layers = list(bb.blocks) + [bb.query_layer]
         for name, path in _LAYER_WEIGHTS:
             setattr(self, name, ParameterTuple([_param(layer, path) for layer in layers]))
-        self.layer_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=fused_kernels)
-        self.gelu = GeluKernel(fused=fused_kernels)
         self.low_precision = cfg.compute_dtype != "float32"
+        self.step_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=fused_kernels)
+        self.prompt_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=False)
+        self.step_gelu = GeluKernel(fused=fused_kernels)
+        self.prompt_gelu = GeluKernel(fused=False)
+        use_cpu = fused_kernels and cpu_kernels and not self.low_precision
+        b, h, f = batch_size, cfg.hidden_size, cfg.ffn_hidden_size
+        self.step_linear = LinearKernel(fused=use_cpu, out_shape=(b, h))  # [B, H] -> [B, H]
+        self.step_linear_up = LinearKernel(fused=use_cpu, out_shape=(b, f))  # [B, H] -> [B, F]
+        self.step_linear_down = LinearKernel(fused=use_cpu, out_shape=(b, h))  # [B, F] -> [B, H]
+        self.step_head = TiedHeadKernel(fused=use_cpu, out_shape=(b, cfg.vocab_size))
+        self.cpu_kernels = self.step_linear.fused and self.step_head.fused
         self.dtype = compute_dtype(cfg.compute_dtype)
         self.slots = Tensor(np.arange(max_length, dtype=np.int32))  # [M]
         rows = np.zeros((batch_size, cfg.num_heads, 3), np.int32)  # (b, n, slot=0)
@@ -116,9 +131,21 @@ class DecoderCore(nn.Cell):
             return self.cast(matmul(self.cast(x, self.dtype), self.cast(w, self.dtype)), ms.float32)
         return matmul(x, w)
 
-    def _linear(self, x, w, b):
-        """x [T, in] @ w [in, out] + b -> [T, out] fp32 (models.layers.Linear)."""
+    def _linear(self, x, w, b, one_token: bool, kernel: str = "square"):
+        """x [T, in] @ w [in, out] + b -> [T, out] fp32 (models.layers.Linear); `kernel` names
+        the step kernel by shape: square [H, H], up [H, F], down [F, H]."""
+        if one_token and self.cpu_kernels:
+            if kernel == "up":
+                return self.step_linear_up(x, w, b)
+            if kernel == "down":
+                return self.step_linear_down(x, w, b)
+            return self.step_linear(x, w, b)
         return self._mm(x, w, self.matmul) + b
+
+    def _norm(self, x, gamma, beta, one_token: bool):
+        if one_token:
+            return self.step_norm(x, gamma, beta)
+        return self.prompt_norm(x, gamma, beta)
 
     def _bias(self, query_slots, key_slots, pad_len):
         """Additive bias [B, 1, Q, K]: a query at slot i sees keys j with pad_len[b] <= j <= i."""
@@ -135,14 +162,15 @@ class DecoderCore(nn.Cell):
         query = self.gather(top_query, position_ids, 0).reshape(b * s, -1)  # [B*S, H]
         return h.reshape(b * s, -1), query, word
 
-    def _qkv(self, i: int, h, query):
+    def _qkv(self, i: int, h, query, one_token: bool):
         """Layer i's LN1 and projections: -> q (scaled by 1/sqrt(D)), k, v [B*S, H]."""
-        kv_in = self.layer_norm(h, self.ln1_gamma[i], self.ln1_beta[i])
+        kv_in = self._norm(h, self.ln1_gamma[i], self.ln1_beta[i], one_token)
         q_in = kv_in
         if i == self.num_layers - 1:  # the query layer's query is the top query embedding
             q_in = query
-        q = self._linear(q_in, self.wq[i], self.bq[i]) * self.scale
-        return q, self._linear(kv_in, self.wk[i], self.bk[i]), self._linear(kv_in, self.wv[i], self.bv[i])
+        q = self._linear(q_in, self.wq[i], self.bq[i], one_token) * self.scale
+        k = self._linear(kv_in, self.wk[i], self.bk[i], one_token)
+        return q, k, self._linear(kv_in, self.wv[i], self.bv[i], one_token)
 
     def _attend(self, q, k, v, bias):
         """q [B, N, Q, D] (pre-scaled), k, v [B, N, K, D], bias [B, 1, Q, K] -> ctx [B, N, Q, D] fp32."""
@@ -150,15 +178,21 @@ class DecoderCore(nn.Cell):
         probs = self.softmax(scores + bias)
         return self._mm(probs, v, self.pv_matmul)  # [B, N, Q, D]
 
-    def _finish_layer(self, i: int, h, ctx):
+    def _finish_layer(self, i: int, h, ctx, one_token: bool):
         """Residual attention output, then h + FFN(LN2(h)): ctx, h [T, H] -> h [T, H]."""
-        h = h + self._linear(ctx, self.wo[i], self.bo[i])
-        x = self.layer_norm(h, self.ln2_gamma[i], self.ln2_beta[i])
-        x = self.gelu(self._linear(x, self.w1[i], self.b1[i]))  # [T, F]
-        return h + self._linear(x, self.w2[i], self.b2[i])
+        h = h + self._linear(ctx, self.wo[i], self.bo[i], one_token)
+        x = self._linear(self._norm(h, self.ln2_gamma[i], self.ln2_beta[i], one_token), self.w1[i], self.b1[i],
+                         one_token, "up")  # [T, F]
+        if one_token:
+            x = self.step_gelu(x)
+        else:
+            x = self.prompt_gelu(x)
+        return h + self._linear(x, self.w2[i], self.b2[i], one_token, "down")
 
-    def _logits(self, h, table):
+    def _logits(self, h, table, one_token: bool):
         """h [T, H] -> logits [T, V] with the tied word table."""
+        if one_token and self.cpu_kernels:
+            return self.step_head(h, table)
         return self._mm(h, table, self.vocab_proj)
 
     def _heads(self, x, b: int, s: int):
@@ -174,16 +208,16 @@ class DecoderCore(nn.Cell):
         ks, vs = [], []
         for i in range(self.num_layers):
             if i == self.num_layers - 1:
-                h = self.layer_norm(h, self.final_ln[0], self.final_ln[1])
-            q, k, v = self._qkv(i, h, query)
+                h = self._norm(h, self.final_ln[0], self.final_ln[1], False)
+            q, k, v = self._qkv(i, h, query, False)
             k, v = self._heads(k, b, s), self._heads(v, b, s)  # [B, N, S, D]
             ctx = self._attend(self._heads(q, b, s), k, v, bias)  # [B, N, S, D]
             ctx = self.transpose(ctx, (0, 2, 1, 3)).reshape(b * s, -1)  # [B*S, H]
-            h = self._finish_layer(i, h, ctx)
+            h = self._finish_layer(i, h, ctx, False)
             ks.append(self.concat((k, pad)))  # [B, N, M, D]
             vs.append(self.concat((v, pad)))
         last = h.reshape(b, s, -1)[:, s - 1]  # [B, H]
-        return self._logits(last, table), tuple(ks), tuple(vs)
+        return self._logits(last, table, False), tuple(ks), tuple(vs)
 
     def _write(self, cache, index, new, in_place: bool):
         """Put new [B, N, D] at index [B, N, 3] = (b, n, slot) of cache [B, N, M, D] -> the cache."""
@@ -202,15 +236,15 @@ class DecoderCore(nn.Cell):
         ks, vs = [], []
         for i in range(self.num_layers):
             if i == self.num_layers - 1:
-                h = self.layer_norm(h, self.final_ln[0], self.final_ln[1])
-            q, k, v = self._qkv(i, h, query)  # [B, H]; one token: [B, H] is [B, N, 1, D] as is
+                h = self._norm(h, self.final_ln[0], self.final_ln[1], True)
+            q, k, v = self._qkv(i, h, query, True)  # [B, H]; one token: [B, H] is [B, N, 1, D] as is
             k = self._write(k_caches[i], index, k.reshape(b, n, d), in_place)  # [B, N, M, D]
             v = self._write(v_caches[i], index, v.reshape(b, n, d), in_place)
             ctx = self._attend(q.reshape(b, n, 1, d), k, v, bias)  # [B, N, 1, D]
-            h = self._finish_layer(i, h, ctx.reshape(b, -1))
+            h = self._finish_layer(i, h, ctx.reshape(b, -1), True)
             ks.append(k)
             vs.append(v)
-        return self._logits(h, table), tuple(ks), tuple(vs)
+        return self._logits(h, table, True), tuple(ks), tuple(vs)
 
 
 class KVCache(nn.Cell):

@@ -70,6 +70,15 @@ def test_cached_equals_full_recompute_batched_ragged(decoder3, full_logits):
     assert worst < 1e-4
 
 
+def test_reference_kernels_equal_full_recompute(tiny_lm, full_logits):
+    """The step graph without fused kernels (the training model's op compositions) agrees too."""
+    dec = IncrementalDecoder(tiny_lm, batch_size=2, max_length=SEQ, prompt_bucket=4, fused_kernels=False)
+    assert not (dec.core.step_norm.fused or dec.core.cpu_kernels)
+    worst, steps = _greedy_check(dec, [[21, 22, 23], [24]], full_logits)
+    assert steps == SEQ - 4
+    assert worst < 1e-4
+
+
 def test_fewer_prompts_than_batch_and_reuse(decoder3, full_logits):
     """Dummy rows fill the batch; the decoder restarts cleanly for a new request."""
     worst, _ = _greedy_check(decoder3, [[11, 12, 13]], full_logits)
