@@ -1,4 +1,4 @@
-// Matrix-vector kernels for single-token decoding on x86-64 CPUs (AVX2 + FMA), loaded by
+// Matrix-vector and attention kernels for single-token decoding on x86-64 CPUs (AVX2 + FMA), loaded by
 // pangu_ms/kernels/linear.py as MindSpore `ops.Custom(func_type="aot")` operators.
 //
 // At one token per step every weight matmul is a matrix-vector product. MindSpore's CPU MatMul
@@ -11,8 +11,10 @@
 // output, shapes[i] / ndims[i] describe params[i]; all tensors are contiguous float32.
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -55,17 +57,9 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
   return s;
 }
 
-}  // namespace
-
-// y [B, N] = x [B, K] @ w [K, N] + bias [N]   (w stored [in, out], as pangu_ms Linear).
-extern "C" int LinearBias(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                          void* stream, void* extra) {
-  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
-  const float* x = static_cast<const float*>(params[0]);
-  const float* w = static_cast<const float*>(params[1]);
-  const float* bias = static_cast<const float*>(params[2]);
-  float* y = static_cast<float*>(params[3]);
-  const int64_t rows = shapes[0][0], k_dim = shapes[0][1], n = shapes[1][1];
+// y [rows, n] = x [rows, k_dim] @ w [k_dim, n] + bias [n]   (w stored [in, out], as pangu_ms Linear).
+void linear_bias(const float* x, const float* w, const float* bias, float* y, int64_t rows, int64_t k_dim,
+                 int64_t n) {
   for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * n, bias, n * sizeof(float));
   int64_t k = 0;
   for (; k + 4 <= k_dim; k += 4) axpy4(x, k_dim, rows, w, n, k, y);
@@ -77,6 +71,51 @@ extern "C" int LinearBias(int nparam, void** params, int* ndims, int64_t** shape
       for (int64_t j = 0; j < n; ++j) yr[j] += xv * wk[j];
     }
   }
+}
+
+// tanh-approximate GELU, 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))), in place.
+void gelu_tanh(float* z, int64_t count) {
+  const float c = 0.7978845608028654f;
+  for (int64_t i = 0; i < count; ++i) {
+    const float v = z[i];
+    z[i] = 0.5f * v * (1.0f + std::tanh(c * (v + 0.044715f * v * v * v)));
+  }
+}
+
+}  // namespace
+
+// y [B, N] = x [B, K] @ w [K, N] + bias [N].
+extern "C" int LinearBias(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                          void* stream, void* extra) {
+  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+  linear_bias(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+              static_cast<const float*>(params[2]), static_cast<float*>(params[3]), shapes[0][0], shapes[0][1],
+              shapes[1][1]);
+  return 0;
+}
+
+// y [B, N] = x [B, K] @ w [K, N] + bias [N] + residual [B, N]   (an output projection and its residual add).
+extern "C" int LinearBiasResidual(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                  void* stream, void* extra) {
+  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+  const int64_t rows = shapes[0][0], n = shapes[1][1];
+  float* y = static_cast<float*>(params[4]);
+  const float* residual = static_cast<const float*>(params[3]);
+  linear_bias(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+              static_cast<const float*>(params[2]), y, rows, shapes[0][1], n);
+  for (int64_t i = 0; i < rows * n; ++i) y[i] += residual[i];
+  return 0;
+}
+
+// y [B, N] = gelu(x [B, K] @ w [K, N] + bias [N])   (the FFN's first projection and activation).
+extern "C" int LinearBiasGelu(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                              void* stream, void* extra) {
+  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+  const int64_t rows = shapes[0][0], n = shapes[1][1];
+  float* y = static_cast<float*>(params[3]);
+  linear_bias(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+              static_cast<const float*>(params[2]), y, rows, shapes[0][1], n);
+  gelu_tanh(y, rows * n);
   return 0;
 }
 
@@ -91,6 +130,54 @@ extern "C" int TiedHead(int nparam, void** params, int* ndims, int64_t** shapes,
   for (int64_t i = 0; i < v; ++i) {
     const float* ti = table + i * h;
     for (int64_t r = 0; r < rows; ++r) y[r * v + i] = dot(ti, x + r * h, h);
+  }
+  return 0;
+}
+
+// Attention of one new token per row against its K/V cache (the cache already holds the token):
+// q [B, H] (H = N*D, head-major, NOT yet scaled), k, v [B, N, M, D], slot [] int32,
+// pad_len [B] int32 -> context [B, H]. Row b attends to slots pad_len[b] <= j <= slot with
+// softmax(q.k / sqrt(D)); the other slots get probability 0 (the reference's -1e4 bias).
+extern "C" int DecodeAttention(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                               void* stream, void* extra) {
+  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+  const float* q = static_cast<const float*>(params[0]);
+  const float* k = static_cast<const float*>(params[1]);
+  const float* v = static_cast<const float*>(params[2]);
+  const int32_t slot = *static_cast<const int32_t*>(params[3]);
+  const int32_t* pad_len = static_cast<const int32_t*>(params[4]);
+  float* out = static_cast<float*>(params[5]);
+  const int64_t rows = shapes[1][0], heads = shapes[1][1], m_len = shapes[1][2], d = shapes[1][3];
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  std::vector<float> probs(m_len), qs(d);
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t lo = pad_len[b] < 0 ? 0 : pad_len[b];
+    const int64_t hi = slot < m_len ? slot : m_len - 1;
+    for (int64_t n = 0; n < heads; ++n) {
+      const float* qv = q + (b * heads + n) * d;
+      const float* kb = k + (b * heads + n) * m_len * d;
+      const float* vb = v + (b * heads + n) * m_len * d;
+      float* o = out + (b * heads + n) * d;
+      std::memset(o, 0, d * sizeof(float));
+      if (lo > hi) continue;
+      for (int64_t j = 0; j < d; ++j) qs[j] = qv[j] * scale;
+      float mx = -INFINITY;
+      for (int64_t m = lo; m <= hi; ++m) {
+        probs[m] = dot(qs.data(), kb + m * d, d);
+        mx = probs[m] > mx ? probs[m] : mx;
+      }
+      float total = 0.0f;
+      for (int64_t m = lo; m <= hi; ++m) {
+        probs[m] = std::exp(probs[m] - mx);
+        total += probs[m];
+      }
+      const float inv = 1.0f / total;
+      for (int64_t m = lo; m <= hi; ++m) {
+        const float pm = probs[m] * inv;
+        const float* vm = vb + m * d;
+        for (int64_t j = 0; j < d; ++j) o[j] += pm * vm[j];
+      }
+    }
   }
   return 0;
 }

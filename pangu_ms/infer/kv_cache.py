@@ -44,7 +44,8 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import operations as P
 
-from pangu_ms.kernels import GeluKernel, LayerNormKernel, LinearKernel, TiedHeadKernel
+from pangu_ms.kernels import (DecodeAttentionKernel, GeluKernel, LayerNormKernel, LinearGeluKernel, LinearKernel,
+                              LinearResidualKernel, TiedHeadKernel)
 from pangu_ms.models.layers import compute_dtype
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
@@ -101,11 +102,14 @@ class DecoderCore(nn.Cell):
         self.prompt_gelu = GeluKernel(fused=False)
         use_cpu = fused_kernels and cpu_kernels and not self.low_precision
         b, h, f = batch_size, cfg.hidden_size, cfg.ffn_hidden_size
-        self.step_linear = LinearKernel(fused=use_cpu, out_shape=(b, h))  # [B, H] -> [B, H]
-        self.step_linear_up = LinearKernel(fused=use_cpu, out_shape=(b, f))  # [B, H] -> [B, F]
-        self.step_linear_down = LinearKernel(fused=use_cpu, out_shape=(b, h))  # [B, F] -> [B, H]
+        self.step_linear = LinearKernel(fused=use_cpu, out_shape=(b, h))  # q, k, v: [B, H] -> [B, H]
+        self.step_linear_residual = LinearResidualKernel(fused=use_cpu, out_shape=(b, h))  # out, fc2 (+ h)
+        self.step_linear_gelu = LinearGeluKernel(fused=use_cpu, out_shape=(b, f))  # fc1 + GELU: -> [B, F]
         self.step_head = TiedHeadKernel(fused=use_cpu, out_shape=(b, cfg.vocab_size))
-        self.cpu_kernels = self.step_linear.fused and self.step_head.fused
+        self.step_attention = DecodeAttentionKernel(max_length=max_length, head_dim=cfg.head_dim, fused=use_cpu,
+                                                    out_shape=(b, h))
+        self.cpu_kernels = all(k.fused for k in (self.step_linear, self.step_linear_residual, self.step_linear_gelu,
+                                                 self.step_head, self.step_attention))
         self.dtype = compute_dtype(cfg.compute_dtype)
         self.slots = Tensor(np.arange(max_length, dtype=np.int32))  # [M]
         rows = np.zeros((batch_size, cfg.num_heads, 3), np.int32)  # (b, n, slot=0)
@@ -131,14 +135,9 @@ class DecoderCore(nn.Cell):
             return self.cast(matmul(self.cast(x, self.dtype), self.cast(w, self.dtype)), ms.float32)
         return matmul(x, w)
 
-    def _linear(self, x, w, b, one_token: bool, kernel: str = "square"):
-        """x [T, in] @ w [in, out] + b -> [T, out] fp32 (models.layers.Linear); `kernel` names
-        the step kernel by shape: square [H, H], up [H, F], down [F, H]."""
+    def _linear(self, x, w, b, one_token: bool):
+        """x [T, in] @ w [in, out] + b -> [T, out] fp32 (models.layers.Linear)."""
         if one_token and self.cpu_kernels:
-            if kernel == "up":
-                return self.step_linear_up(x, w, b)
-            if kernel == "down":
-                return self.step_linear_down(x, w, b)
             return self.step_linear(x, w, b)
         return self._mm(x, w, self.matmul) + b
 
@@ -163,31 +162,35 @@ class DecoderCore(nn.Cell):
         return h.reshape(b * s, -1), query, word
 
     def _qkv(self, i: int, h, query, one_token: bool):
-        """Layer i's LN1 and projections: -> q (scaled by 1/sqrt(D)), k, v [B*S, H]."""
+        """Layer i's LN1 and projections: -> q, k, v [B*S, H] (q not yet scaled by 1/sqrt(D))."""
         kv_in = self._norm(h, self.ln1_gamma[i], self.ln1_beta[i], one_token)
         q_in = kv_in
         if i == self.num_layers - 1:  # the query layer's query is the top query embedding
             q_in = query
-        q = self._linear(q_in, self.wq[i], self.bq[i], one_token) * self.scale
+        q = self._linear(q_in, self.wq[i], self.bq[i], one_token)
         k = self._linear(kv_in, self.wk[i], self.bk[i], one_token)
         return q, k, self._linear(kv_in, self.wv[i], self.bv[i], one_token)
 
     def _attend(self, q, k, v, bias):
-        """q [B, N, Q, D] (pre-scaled), k, v [B, N, K, D], bias [B, 1, Q, K] -> ctx [B, N, Q, D] fp32."""
-        scores = self._mm(q, k, self.qk_matmul)  # [B, N, Q, K] fp32
+        """q [B, N, Q, D], k, v [B, N, K, D], bias [B, 1, Q, K] -> ctx [B, N, Q, D] fp32."""
+        scores = self._mm(q * self.scale, k, self.qk_matmul)  # [B, N, Q, K] fp32
         probs = self.softmax(scores + bias)
         return self._mm(probs, v, self.pv_matmul)  # [B, N, Q, D]
 
     def _finish_layer(self, i: int, h, ctx, one_token: bool):
         """Residual attention output, then h + FFN(LN2(h)): ctx, h [T, H] -> h [T, H]."""
+        if one_token and self.cpu_kernels:  # projections fused with their bias, GELU and residual adds
+            h = self.step_linear_residual(ctx, self.wo[i], self.bo[i], h)
+            x = self.step_linear_gelu(self.step_norm(h, self.ln2_gamma[i], self.ln2_beta[i]), self.w1[i], self.b1[i])
+            return self.step_linear_residual(x, self.w2[i], self.b2[i], h)
         h = h + self._linear(ctx, self.wo[i], self.bo[i], one_token)
         x = self._linear(self._norm(h, self.ln2_gamma[i], self.ln2_beta[i], one_token), self.w1[i], self.b1[i],
-                         one_token, "up")  # [T, F]
+                         one_token)  # [T, F]
         if one_token:
             x = self.step_gelu(x)
         else:
             x = self.prompt_gelu(x)
-        return h + self._linear(x, self.w2[i], self.b2[i], one_token, "down")
+        return h + self._linear(x, self.w2[i], self.b2[i], one_token)
 
     def _logits(self, h, table, one_token: bool):
         """h [T, H] -> logits [T, V] with the tied word table."""
@@ -230,7 +233,9 @@ class DecoderCore(nn.Cell):
         `in_place`) -> logits [B, V], updated caches."""
         b = input_ids.shape[0]
         n, d = self.heads, self.head_dim
-        bias = self._bias(slot.reshape(1), self.slots, pad_len)  # [B, 1, 1, M]
+        bias = None
+        if not self.cpu_kernels:  # the C++ attention kernel masks from slot and pad_len itself
+            bias = self._bias(slot.reshape(1), self.slots, pad_len)  # [B, 1, 1, M]
         index = self.write_base + slot * self.slot_axis  # [B, N, 3]: (b, n, slot)
         h, query, table = self._embed(input_ids, position_ids)  # [B, H]
         ks, vs = [], []
@@ -240,8 +245,11 @@ class DecoderCore(nn.Cell):
             q, k, v = self._qkv(i, h, query, True)  # [B, H]; one token: [B, H] is [B, N, 1, D] as is
             k = self._write(k_caches[i], index, k.reshape(b, n, d), in_place)  # [B, N, M, D]
             v = self._write(v_caches[i], index, v.reshape(b, n, d), in_place)
-            ctx = self._attend(q.reshape(b, n, 1, d), k, v, bias)  # [B, N, 1, D]
-            h = self._finish_layer(i, h, ctx.reshape(b, -1), True)
+            if self.cpu_kernels:
+                ctx = self.step_attention(q, k, v, slot, pad_len)  # [B, H]
+            else:
+                ctx = self._attend(q.reshape(b, n, 1, d), k, v, bias).reshape(b, -1)  # [B, H]
+            h = self._finish_layer(i, h, ctx, True)
             ks.append(k)
             vs.append(v)
         return self._logits(h, table, True), tuple(ks), tuple(vs)

@@ -18,6 +18,7 @@ the fused forms are differentiable; tests compare fused and reference both ways.
 from __future__ import annotations
 
 import functools
+import math
 import hashlib
 import logging
 import os
@@ -30,6 +31,8 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import operations as P
+
+from pangu_ms.kernels.norm_act import GeluKernel
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,27 @@ def _linear_bprop(x, w, b, out, dout):
     return _MATMUL_NT(dout, w), _MATMUL_TN(x, dout), _SUM_ROWS(dout, 0)
 
 
+def _linear_residual_bprop(x, w, b, residual, out, dout):
+    """As `_linear_bprop`, and d residual = dy."""
+    return _MATMUL_NT(dout, w), _MATMUL_TN(x, dout), _SUM_ROWS(dout, 0), dout
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_grad(z):
+    """d/dz of z s(z), s = sigmoid(2u), u = c (z + 0.044715 z^3) (the tanh GELU written with the
+    sigmoid, as models.layers.GELU): s + 2 z s (1 - s) u'. Sigmoid, not 1 - tanh^2, which cancels."""
+    s = ops.sigmoid(2.0 * _GELU_C * (z + 0.044715 * z * z * z))
+    return s + 2.0 * z * s * (1.0 - s) * _GELU_C * (1.0 + 3.0 * 0.044715 * z * z)
+
+
+def _linear_gelu_bprop(x, w, b, out, dout):
+    """y = gelu(z), z = x W + b (recomputed): d z = dy gelu'(z), then as `_linear_bprop`."""
+    dz = dout * _gelu_grad(_MATMUL(x, w) + b)
+    return _MATMUL_NT(dz, w), _MATMUL_TN(x, dz), _SUM_ROWS(dz, 0)
+
+
 def _head_bprop(x, table, out, dout):
     """y = x T^T: d x = dy T, d T = dy^T x."""
     return _MATMUL(dout, table), _MATMUL_TN(dout, x)
@@ -108,12 +132,22 @@ def _linear_shape(x, w, b):
     return [x[0], w[1]]
 
 
+def _linear_residual_shape(x, w, b, residual):
+    return [x[0], w[1]]
+
+
 def _head_shape(x, table):
     return [x[0], table[0]]
 
 
 def _same_dtype(x, *rest):
     return x
+
+
+def _custom(lib: str, name: str, out_shape, infer_shape, bprop):
+    """An aot operator of the kernel library: fixed output shape if given, else an infer function."""
+    shape, dtype = (list(out_shape), ms.float32) if out_shape else (infer_shape, _same_dtype)
+    return ops.Custom(f"{lib}:{name}", out_shape=shape, out_dtype=dtype, func_type="aot", bprop=bprop)
 
 
 class LinearKernel(nn.Cell):
@@ -131,14 +165,49 @@ class LinearKernel(nn.Cell):
         self.matmul = P.MatMul()
         self.add = P.Add()
         if self.fused:
-            shape, dtype = (list(out_shape), ms.float32) if out_shape else (_linear_shape, _same_dtype)
-            self.kernel = ops.Custom(f"{lib}:LinearBias", out_shape=shape, out_dtype=dtype, func_type="aot",
-                                     bprop=_linear_bprop)
+            self.kernel = _custom(lib, "LinearBias", out_shape, _linear_shape, _linear_bprop)
 
     def construct(self, x, w, b):
         if self.fused:
             return self.kernel(x, w, b)
         return self.add(self.matmul(x, w), b)
+
+
+class LinearResidualKernel(nn.Cell):
+    """y = x @ w + b + residual: x [T, K], w [K, N], b [N], residual [T, N] -> [T, N] (an output
+    projection with its residual add)."""
+
+    def __init__(self, *, fused: bool = True, out_shape: tuple[int, int] | None = None):
+        super().__init__()
+        lib = cpu_kernel_library() if fused else None
+        self.fused = lib is not None
+        self.matmul = P.MatMul()
+        if self.fused:
+            self.kernel = _custom(lib, "LinearBiasResidual", out_shape, _linear_residual_shape, _linear_residual_bprop)
+
+    def construct(self, x, w, b, residual):
+        if self.fused:
+            return self.kernel(x, w, b, residual)
+        return residual + (self.matmul(x, w) + b)
+
+
+class LinearGeluKernel(nn.Cell):
+    """y = gelu(x @ w + b) with the tanh GELU: x [T, K], w [K, N], b [N] -> [T, N] (the FFN's
+    first projection); the reference is MatMul, Add and `GeluKernel(fused=False)`."""
+
+    def __init__(self, *, fused: bool = True, out_shape: tuple[int, int] | None = None):
+        super().__init__()
+        lib = cpu_kernel_library() if fused else None
+        self.fused = lib is not None
+        self.matmul = P.MatMul()
+        self.gelu = GeluKernel(fused=False)
+        if self.fused:
+            self.kernel = _custom(lib, "LinearBiasGelu", out_shape, _linear_shape, _linear_gelu_bprop)
+
+    def construct(self, x, w, b):
+        if self.fused:
+            return self.kernel(x, w, b)
+        return self.gelu(self.matmul(x, w) + b)
 
 
 class TiedHeadKernel(nn.Cell):
@@ -153,9 +222,7 @@ class TiedHeadKernel(nn.Cell):
         self.fused = lib is not None
         self.matmul = P.MatMul(transpose_b=True)
         if self.fused:
-            shape, dtype = (list(out_shape), ms.float32) if out_shape else (_head_shape, _same_dtype)
-            self.kernel = ops.Custom(f"{lib}:TiedHead", out_shape=shape, out_dtype=dtype, func_type="aot",
-                                     bprop=_head_bprop)
+            self.kernel = _custom(lib, "TiedHead", out_shape, _head_shape, _head_bprop)
 
     def construct(self, x, table):
         if self.fused:

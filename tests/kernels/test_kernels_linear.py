@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from pangu_ms.kernels import LinearKernel, TiedHeadKernel, cpu_kernel_library
+from pangu_ms.kernels import (LinearGeluKernel, LinearKernel, LinearResidualKernel, TiedHeadKernel,
+                              cpu_kernel_library)
 
 RNG = np.random.default_rng(1)
 AVX2 = platform.machine() in ("x86_64", "AMD64") and "avx2" in open("/proc/cpuinfo").read()
@@ -76,3 +77,39 @@ def test_tied_head_fused_backward_matches_reference():
     for f, r, e in zip(fused, ref, (dy @ table, dy.T @ x)):
         np.testing.assert_allclose(f.asnumpy(), r.asnumpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(f.asnumpy(), e, rtol=1e-5, atol=1e-5)
+
+
+def _numpy_gelu(z):
+    return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_linear_residual_and_gelu_forward_match_numpy(fused):
+    x, w, b, r = _arr(2, 33), _arr(33, 19), _arr(19), _arr(2, 19)
+    z = x.astype(np.float64) @ w + b
+    got = LinearResidualKernel(fused=fused, out_shape=(2, 19))(Tensor(x), Tensor(w), Tensor(b), Tensor(r)).asnumpy()
+    np.testing.assert_allclose(got, z + r, rtol=1e-5, atol=1e-4)
+    got = LinearGeluKernel(fused=fused)(Tensor(x), Tensor(w), Tensor(b)).asnumpy()
+    np.testing.assert_allclose(got, _numpy_gelu(z), rtol=1e-5, atol=1e-4)
+
+
+def test_linear_residual_and_gelu_backward_match_reference():
+    x, w, b, r, dy = _arr(3, 20), _arr(20, 12) * 0.3, _arr(12), _arr(3, 12), _arr(3, 12)
+    args = [Tensor(a) for a in (x, w, b, r, dy)]
+    fused = _Vjp(LinearResidualKernel(fused=True))(*args)
+    ref = _Vjp(LinearResidualKernel(fused=False))(*args)
+    assert len(fused) == 4
+    for f, e in zip(fused, ref):
+        np.testing.assert_allclose(f.asnumpy(), e.asnumpy(), rtol=1e-5, atol=1e-5)
+    args = [Tensor(a) for a in (x, w, b, dy)]
+    fused = _Vjp(LinearGeluKernel(fused=True))(*args)
+    ref = _Vjp(LinearGeluKernel(fused=False))(*args)  # autodiff of the composed GELU
+    # float64 truth: central differences of the GELU, then the linear chain rule
+    z = x.astype(np.float64) @ w + b
+    dz = dy * (_numpy_gelu(z + 1e-6) - _numpy_gelu(z - 1e-6)) / 2e-6
+    truth = (dz @ w.T, x.T @ dz, dz.sum(0))
+    assert len(fused) == 3
+    for f, e, t in zip(fused, ref, truth):
+        np.testing.assert_allclose(e.asnumpy(), t, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(f.asnumpy(), t, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(f.asnumpy(), e.asnumpy(), rtol=1e-3, atol=1e-3)

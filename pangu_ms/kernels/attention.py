@@ -1,0 +1,85 @@
+"""Attention of one new token per row against its key/value cache, as one kernel.
+
+Notation: B rows, N heads, D head dim, H = N*D, M cache slots.
+
+A decoding step's attention is five small ops per layer in MindSpore (scale, q k^T, bias add,
+softmax, p v) plus the bias built from the slot and the padding; each launch costs more than
+its arithmetic. The C++ kernel (`DecodeAttention` in `kernels/cpu/gemv_avx2.cc`) does it in one
+pass per (row, head) and reads the slot and padding directly. `fused=False` is the reference
+composition of MindSpore ops; the backward (`bprop`, MatMul ops) serves both, and tests compare
+fused and reference forward and backward.
+"""
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+from mindspore.ops import operations as P
+
+from pangu_ms.kernels.linear import cpu_kernel_library
+
+_BLOCKED = -10000.0  # the model's additive mask value
+_BMM_NT = P.BatchMatMul(transpose_b=True)
+_BMM_TN = P.BatchMatMul(transpose_a=True)
+_BMM = P.BatchMatMul()
+_SOFTMAX = P.Softmax(-1)
+_CAST = P.Cast()
+
+
+def decode_bias(slot, pad_len, slots):
+    """Additive bias [B, 1, 1, M]: row b sees slots j with pad_len[b] <= j <= slot (slots = 0..M-1)."""
+    ok = ops.logical_and(slots.reshape(1, 1, 1, -1) <= slot, slots.reshape(1, 1, 1, -1) >= pad_len.reshape(-1, 1, 1, 1))
+    return (1.0 - _CAST(ok, ms.float32)) * _BLOCKED
+
+
+def _attention_bprop(q, k, v, slot, pad_len, out, dout):
+    """Gradients of ctx = softmax(q k^T / sqrt(D) + bias) v for q [B, H], k, v [B, N, M, D]."""
+    b, n, m, d = k.shape
+    scale = 1.0 / math.sqrt(d)
+    qh = q.reshape(b, n, 1, d) * scale  # [B, N, 1, D]
+    probs = _SOFTMAX(_BMM_NT(qh, k) + decode_bias(slot, pad_len, ops.arange(m, dtype=ms.int32)))  # [B, N, 1, M]
+    dy = dout.reshape(b, n, 1, d)
+    d_probs = _BMM_NT(dy, v)  # [B, N, 1, M]
+    d_scores = probs * (d_probs - (probs * d_probs).sum(-1, keepdims=True))
+    d_q = (_BMM(d_scores, k) * scale).reshape(b, n * d)
+    return d_q, _BMM_TN(d_scores, qh), _BMM_TN(probs, dy), ops.zeros_like(slot), ops.zeros_like(pad_len)
+
+
+def _attention_shape(q, k, v, slot, pad_len):
+    return [k[0], k[1] * k[3]]
+
+
+def _same_dtype(q, *rest):
+    return q
+
+
+class DecodeAttentionKernel(nn.Cell):
+    """ctx = softmax(q k^T / sqrt(D) + bias) v for one query per row.
+
+    `construct(q [B, H] (not scaled), k, v [B, N, M, D] (already holding the new token),
+    slot [] int32, pad_len [B] int32) -> ctx [B, H]` fp32; the bias lets row b see slots
+    pad_len[b]..slot (the model's -1e4 elsewhere, which the kernel skips: exp gives 0 in fp32).
+    `out_shape` [B, H] as in `LinearKernel`.
+    """
+
+    def __init__(self, *, max_length: int, head_dim: int, fused: bool = True,
+                 out_shape: tuple[int, int] | None = None):
+        super().__init__()
+        lib = cpu_kernel_library() if fused else None
+        self.fused = lib is not None
+        self.scale = 1.0 / math.sqrt(head_dim)
+        self.slots = Tensor(np.arange(max_length, dtype=np.int32))  # [M]
+        if self.fused:
+            shape, dtype = (list(out_shape), ms.float32) if out_shape else (_attention_shape, _same_dtype)
+            self.kernel = ops.Custom(f"{lib}:DecodeAttention", out_shape=shape, out_dtype=dtype, func_type="aot",
+                                     bprop=_attention_bprop)
+
+    def construct(self, q, k, v, slot, pad_len):
+        if self.fused:
+            return self.kernel(q, k, v, slot, pad_len)
+        b, n, _, d = k.shape
+        qh = q.reshape(b, n, 1, d) * self.scale  # [B, N, 1, D]
+        probs = _SOFTMAX(_BMM_NT(qh, k) + decode_bias(slot, pad_len, self.slots))  # [B, N, 1, M]
+        return _BMM(probs, v).reshape(b, n * d)  # [B, H]
