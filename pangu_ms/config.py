@@ -361,6 +361,12 @@ class FinetuneConfig:
     """examples per step."""
     max_tokens: int = 96
     """tokens per training example (prompt cut from the left, label kept)."""
+    length_bucket: int = 32
+    """training rows are padded to a multiple of this (one compiled shape per multiple)."""
+    lm_loss_weight: float = 0.5
+    """weight of the auxiliary next-token loss on the prompt text (GPT fine-tuning); 0 turns it off."""
+    lm_positions: int = 16
+    """prompt positions sampled per example for that auxiliary loss."""
     train_examples: int = 0
     """use at most this many training examples (0: all)."""
     eval_limit: int = 0
@@ -372,7 +378,8 @@ class FinetuneConfig:
         _require(self.method in ("full", "lora"), "method", self.method, "use full or lora")
         _require(self.lora_rank >= 1, "lora_rank", self.lora_rank, "must be >= 1")
         _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "must be > 0")
-        for name in ("steps", "batch_size", "max_tokens"):
+        _require(self.lm_loss_weight >= 0, "lm_loss_weight", self.lm_loss_weight, "must be >= 0 (0 turns it off)")
+        for name in ("steps", "batch_size", "max_tokens", "length_bucket", "lm_positions"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         for name in ("train_examples", "eval_limit", "eval_shots"):
             _require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")

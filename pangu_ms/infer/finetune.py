@@ -31,20 +31,29 @@ log = logging.getLogger(__name__)
 
 
 class FinetuneLoss(nn.Cell):
-    """(ids [B, S], position ids [B, S], mask [B, S, S], label_rows [B*K], labels [B*K]) -> mean
-    loss over the non-pad labels. `label_rows` index the flattened [B*S] positions whose next
-    token is a label token. Shares `lm`'s weights (names unchanged)."""
+    """(ids [B, S], position ids [B, S], mask [B, S, S], label_rows [B*K], labels [B*K],
+    lm_rows [B*J], lm_labels [B*J]) -> loss [].
 
-    def __init__(self, lm: PanguAlphaLM):
+    The loss is the mean NLL of the label tokens plus `lm_weight` times the mean NLL of J
+    sampled next tokens of the prompt text: the auxiliary language-modelling objective of
+    GPT fine-tuning (Radford et al. 2018), which keeps the model learning the task's domain
+    while the label signal is still one bit per example. `*_rows` index the flattened [B*S]
+    positions; pad labels count for nothing. Shares `lm`'s weights (names unchanged).
+    """
+
+    def __init__(self, lm: PanguAlphaLM, lm_weight: float = 0.0):
         super().__init__(auto_prefix=False)
         self.lm = lm
         self.loss = CrossEntropy(lm.config)
         self.gather = ops.Gather()
+        self.lm_weight = float(lm_weight)
 
-    def construct(self, input_ids, position_ids, attention_mask, label_rows, labels):
+    def construct(self, input_ids, position_ids, attention_mask, label_rows, labels, lm_rows, lm_labels):
         h = self.lm.backbone(input_ids, position_ids, attention_mask)  # [B*S, H]
-        logits = self.lm.logits(self.gather(h, label_rows, 0))  # [B*K, V]
-        return self.loss(logits, labels)
+        loss = self.loss(self.lm.logits(self.gather(h, label_rows, 0)), labels)  # logits [B*K, V]
+        if self.lm_weight > 0:
+            loss = loss + self.lm_weight * self.loss(self.lm.logits(self.gather(h, lm_rows, 0)), lm_labels)
+        return loss
 
 
 class FinetuneStep(nn.Cell):
@@ -58,12 +67,26 @@ class FinetuneStep(nn.Cell):
         self.clip_norm = clip_norm
         self.network.set_grad()
 
-    def construct(self, input_ids, position_ids, attention_mask, label_rows, labels):
-        loss = self.network(input_ids, position_ids, attention_mask, label_rows, labels)
-        grads = self.grad(self.network, self.weights)(input_ids, position_ids, attention_mask, label_rows, labels)
+    def construct(self, input_ids, position_ids, attention_mask, label_rows, labels, lm_rows, lm_labels):
+        inputs = (input_ids, position_ids, attention_mask, label_rows, labels, lm_rows, lm_labels)
+        loss = self.network(*inputs)
+        grads = self.grad(self.network, self.weights)(*inputs)
         if self.clip_norm > 0:
             grads = ops.clip_by_global_norm(grads, self.clip_norm)
         return ops.depend(loss, self.optimizer(grads))
+
+
+def lm_targets(ids: np.ndarray, first: np.ndarray, count: int, pad_id: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random positions per row inside its prompt and the tokens that follow them.
+
+    ids [B, S] right-padded rows, first [B] the position that predicts the first label token
+    (prompt tokens are ids[:, :first + 1]) -> positions [B, count] and targets [B, count]
+    (pad_id for rows whose prompt is a single token).
+    """
+    pos = (rng.random((len(ids), count)) * first[:, None]).astype(np.int64)  # in [0, first)
+    targets = np.take_along_axis(ids, pos + 1, axis=1)
+    return pos.astype(np.int32), np.where(first[:, None] > 0, targets, pad_id).astype(np.int32)
 
 
 def build_rows(examples: list[Example], task: TaskConfig, tok, *, max_tokens: int,
@@ -96,24 +119,51 @@ def _evaluate(task: TaskConfig, lm, tok, shots: int) -> dict:
     return {"shots": shots, "accuracy": r["accuracy"], "n": r["n"], "per_label": r["per_label"]}
 
 
+def length_batches(lengths: np.ndarray, batch_size: int, bucket: int, max_tokens: int,
+                   rng: np.random.Generator):
+    """Endless batches (indices [batch_size], padded width) of rows grouped by length.
+
+    Each row goes to the smallest multiple of `bucket` (capped at `max_tokens`) that holds it,
+    so short reviews do not pay for the padding of long ones and each width compiles once.
+    One epoch: every bucket shuffled and cut into batches (a bucket's last partial batch is
+    topped up with other rows of the same bucket), the batches of all buckets shuffled.
+    """
+    widths = np.minimum(-(-lengths // bucket) * bucket, max_tokens)
+    groups = {int(w): np.flatnonzero(widths == w) for w in np.unique(widths)}
+    while True:
+        epoch = []
+        for w, idx in groups.items():
+            idx = rng.permutation(idx)
+            short = -len(idx) % batch_size
+            idx = np.concatenate([idx, rng.choice(idx, short)]) if short else idx
+            epoch += [(idx[i:i + batch_size], w) for i in range(0, len(idx), batch_size)]
+        for k in rng.permutation(len(epoch)):
+            yield epoch[k]
+
+
 def _train(step: FinetuneStep, ids: np.ndarray, where: np.ndarray, labels: np.ndarray, cfg, *,
-           seed: int) -> list[float]:
-    """Run cfg.steps steps over shuffled epochs of the rows; returns the loss per step."""
+           pad_id: int, seed: int) -> list[float]:
+    """Run cfg.steps steps over shuffled, length-bucketed epochs; returns the loss per step."""
     from pangu_ms.data.dataset import eod_reset
 
     rng = np.random.default_rng(seed)
-    order = np.array([], np.int64)
-    pos, mask = eod_reset(np.zeros((cfg.batch_size, ids.shape[1] + 1), np.int32), 0, reset_at_eod=False)
-    pos, mask = Tensor(pos), Tensor(mask)  # plain causal: one example per row
+    lengths = where.max(axis=1) + 1  # input tokens of each row (its last label position + 1)
+    batches = length_batches(lengths, cfg.batch_size, cfg.length_bucket, ids.shape[1], rng)
+    masks = {}  # width -> (positions, plain causal mask): one example per row
     losses = []
     t0 = time.perf_counter()
     for i in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            order = np.concatenate([order, rng.permutation(len(ids))])
-        batch, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        rows = (where[batch] + ids.shape[1] * np.arange(len(batch))[:, None]).reshape(-1)  # into [B*S]
-        loss = float(step(Tensor(ids[batch]), pos, mask, Tensor(rows.astype(np.int32)),
-                          Tensor(labels[batch].reshape(-1))).asnumpy())
+        batch, width = next(batches)
+        if width not in masks:
+            pos, mask = eod_reset(np.zeros((cfg.batch_size, width + 1), np.int32), 0, reset_at_eod=False)
+            masks[width] = Tensor(pos), Tensor(mask)
+        offset = width * np.arange(len(batch))[:, None]  # row b starts at b * width in [B*width]
+        lm_pos, lm_tgt = lm_targets(ids[batch], where[batch, 0], cfg.lm_positions, pad_id, rng)
+        loss = float(step(Tensor(ids[batch, :width]), *masks[width],
+                          Tensor((where[batch] + offset).reshape(-1).astype(np.int32)),
+                          Tensor(labels[batch].reshape(-1)),
+                          Tensor((lm_pos + offset).reshape(-1).astype(np.int32)),
+                          Tensor(lm_tgt.reshape(-1))).asnumpy())
         losses.append(loss)
         if (i + 1) % 20 == 0 or i == 0:
             log.info("finetune step %d/%d loss %.4f (%.2f s/step)", i + 1, cfg.steps,
@@ -151,7 +201,7 @@ def finetune(job: JobConfig) -> dict:
         raise ValueError(f"finetune.max_tokens={ft.max_tokens} exceeds the model's seq_length={base_job.model.seq_length}")
     trainable = apply_lora(lm, rank=ft.lora_rank, alpha=ft.lora_alpha) if ft.method == "lora" \
         else list(lm.trainable_params())
-    network = FinetuneLoss(lm)
+    network = FinetuneLoss(lm, ft.lm_loss_weight)
     result: dict = {"init": ft.init, "task": task.name, "method": ft.method,
                     "trainable_params": int(sum(np.prod(p.shape) for p in trainable))}
     result["before"] = [_evaluate(task, lm, tok, 0)] + ([_evaluate(task, lm, tok, ft.eval_shots)] if ft.eval_shots else [])
@@ -163,7 +213,7 @@ def finetune(job: JobConfig) -> dict:
     step = FinetuneStep(network, optimizer, job.optimizer.clip_norm)
     step.set_train(True)
     t_train = time.perf_counter()
-    losses = _train(step, ids, where, labels, ft, seed=job.run.seed)
+    losses = _train(step, ids, where, labels, ft, pad_id=base_job.model.pad_id, seed=job.run.seed)
     result["train_seconds"] = round(time.perf_counter() - t_train, 1)
     result["train_examples"] = len(train)
     result["loss_first_last"] = [round(float(np.mean(losses[:10])), 4), round(float(np.mean(losses[-10:])), 4)]

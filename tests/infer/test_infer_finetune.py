@@ -1,4 +1,5 @@
-"""The fine-tuning loss is the label tokens' NLL, the quantity the classifier compares."""
+"""The fine-tuning loss is the label tokens' NLL (the quantity the classifier compares) plus
+the weighted auxiliary next-token NLL of sampled prompt positions; batches group rows by length."""
 from __future__ import annotations
 
 import mindspore as ms
@@ -11,7 +12,7 @@ from pangu_ms.data.dataset import eod_reset
 from pangu_ms.eval.datasets import Example
 from pangu_ms.eval.scoring import Scorer
 from pangu_ms.eval.tasks import TaskConfig
-from pangu_ms.infer.finetune import FinetuneLoss, build_rows
+from pangu_ms.infer.finetune import FinetuneLoss, build_rows, length_batches, lm_targets
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 
@@ -22,7 +23,7 @@ class CharTok:
         return [10 + ord(c) % 86 for c in text]
 
 
-def test_finetune_loss_equals_scored_label_nll():
+def test_finetune_loss_equals_scored_label_nll_plus_weighted_lm_nll():
     ms.set_seed(2)
     lm = PanguAlphaLM(tiny_model_config(seq_length=24))
     lm.set_train(False)
@@ -31,10 +32,43 @@ def test_finetune_loss_equals_scored_label_nll():
     examples = [Example("abcdef", "1"), Example("xy", "0"), Example("q" * 40, "1"), Example("mnop", "0")]
     ids, where, labels = build_rows(examples, task, tok, max_tokens=24, pad_id=6)
     assert where.shape == labels.shape == (4, 3) and (labels[1, 1:] == 6).all()
-    rows = (where + 24 * np.arange(4)[:, None]).reshape(-1).astype(np.int32)
+    offset = 24 * np.arange(4)[:, None]
+    rows = (where + offset).reshape(-1).astype(np.int32)
+    lm_pos, lm_tgt = lm_targets(ids, where[:, 0], 5, 6, np.random.default_rng(0))
     pos, mask = eod_reset(np.zeros((4, 25), np.int32), 0, reset_at_eod=False)
-    loss = FinetuneLoss(lm)(Tensor(ids), Tensor(pos), Tensor(mask), Tensor(rows), Tensor(labels.reshape(-1)))
+    inputs = (Tensor(ids), Tensor(pos), Tensor(mask), Tensor(rows), Tensor(labels.reshape(-1)),
+              Tensor((lm_pos + offset).reshape(-1).astype(np.int32)), Tensor(lm_tgt.reshape(-1)))
+    scorer = Scorer(lm, batch_size=4, length_bucket=8)
     items = [(tok.encode(task.render(e.text)[0]), tok.encode(task.labels[e.label])) for e in examples]
-    lps = Scorer(lm, batch_size=4, length_bucket=8).continuation_logprobs(items)
-    expected = -np.concatenate(lps).mean()  # mean over all label tokens (3 + 1 + 3 + 1)
-    np.testing.assert_allclose(float(loss.asnumpy()), expected, rtol=1e-5)
+    label_nll = -np.concatenate(scorer.continuation_logprobs(items)).mean()  # over 3 + 1 + 3 + 1 tokens
+    # independent path: every next-token log-prob of each row's prompt, picked at the sampled positions
+    prompts = [list(ids[r, :where[r, 0] + 1]) for r in range(4)]
+    lps = scorer.logprobs(prompts)
+    lm_nll = -np.mean([lps[r][p] for r in range(4) for p in lm_pos[r]])
+    for w in (0.0, 0.5):
+        loss = float(FinetuneLoss(lm, lm_weight=w)(*inputs).asnumpy())
+        np.testing.assert_allclose(loss, label_nll + w * lm_nll, rtol=1e-5)
+
+
+def test_lm_targets_stay_inside_each_prompt():
+    ids = np.arange(40, dtype=np.int32).reshape(4, 10) + 100
+    first = np.array([5, 0, 9, 1])  # row 1: a one-token prompt has no next-token pair
+    pos, tgt = lm_targets(ids, first, 50, 6, np.random.default_rng(3))
+    for r in (0, 2, 3):
+        assert pos[r].min() >= 0 and pos[r].max() < first[r]
+        np.testing.assert_array_equal(tgt[r], ids[r, pos[r] + 1])
+    assert set(pos[0]) == set(range(5))  # every position can be drawn
+    assert (tgt[1] == 6).all()
+
+
+def test_length_batches_group_rows_by_width_and_cover_every_row_each_epoch():
+    lengths = np.array([3, 5, 17, 31, 33, 64, 70, 100, 128, 2, 40])
+    gen = length_batches(lengths, 2, 32, 128, np.random.default_rng(0))
+    widths = np.minimum(-(-lengths // 32) * 32, 128)
+    # buckets: 32 -> 5 rows (3 batches), 64 -> 3 (2), 96 -> 1 (1), 128 -> 2 (1): 7 batches an epoch
+    epoch = [next(gen) for _ in range(7)]
+    seen = set()
+    for batch, width in epoch:
+        assert len(batch) == 2 and (widths[batch] == width).all() and (lengths[batch] <= width).all()
+        seen |= set(batch.tolist())
+    assert seen == set(range(len(lengths)))
