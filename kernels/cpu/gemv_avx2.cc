@@ -151,15 +151,18 @@ extern "C" int DecodeAttention(int nparam, void** params, int* ndims, int64_t** 
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   std::vector<float> probs(m_len), qs(d);
   for (int64_t b = 0; b < rows; ++b) {
-    const int64_t lo = pad_len[b] < 0 ? 0 : pad_len[b];
-    const int64_t hi = slot < m_len ? slot : m_len - 1;
+    int64_t lo = pad_len[b] < 0 ? 0 : pad_len[b];
+    int64_t hi = slot < m_len ? slot : m_len - 1;
+    if (lo > hi) {  // every key blocked: the reference's -1e4 bias cancels in the softmax
+      lo = 0;
+      hi = m_len - 1;
+    }
     for (int64_t n = 0; n < heads; ++n) {
       const float* qv = q + (b * heads + n) * d;
       const float* kb = k + (b * heads + n) * m_len * d;
       const float* vb = v + (b * heads + n) * m_len * d;
       float* o = out + (b * heads + n) * d;
       std::memset(o, 0, d * sizeof(float));
-      if (lo > hi) continue;
       for (int64_t j = 0; j < d; ++j) qs[j] = qv[j] * scale;
       float mx = -INFINITY;
       for (int64_t m = lo; m <= hi; ++m) {
@@ -178,6 +181,28 @@ extern "C" int DecodeAttention(int nparam, void** params, int* ndims, int64_t** 
         for (int64_t j = 0; j < d; ++j) o[j] += pm * vm[j];
       }
     }
+  }
+  return 0;
+}
+
+// In-place cache write: k_cache, v_cache [B, N, M, D] (the cache Parameters), k_new, v_new [B, N, D],
+// slot [] int32 -> k_cache[:, :, slot] = k_new, v_cache[:, :, slot] = v_new; output: slot [1] int32 (a
+// token for ordering). MindSpore's ScatterNdUpdate copies the whole cache on every call.
+extern "C" int WriteSlot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                         void* stream, void* extra) {
+  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+  float* k_cache = static_cast<float*>(params[0]);
+  float* v_cache = static_cast<float*>(params[1]);
+  const float* k_new = static_cast<const float*>(params[2]);
+  const float* v_new = static_cast<const float*>(params[3]);
+  const int32_t slot = *static_cast<const int32_t*>(params[4]);
+  int32_t* token = static_cast<int32_t*>(params[5]);
+  const int64_t rows = shapes[0][0], heads = shapes[0][1], m_len = shapes[0][2], d = shapes[0][3];
+  token[0] = slot;
+  if (slot < 0 || slot >= m_len) return 1;
+  for (int64_t bn = 0; bn < rows * heads; ++bn) {
+    std::memcpy(k_cache + (bn * m_len + slot) * d, k_new + bn * d, d * sizeof(float));
+    std::memcpy(v_cache + (bn * m_len + slot) * d, v_new + bn * d, d * sizeof(float));
   }
   return 0;
 }

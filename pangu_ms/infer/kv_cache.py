@@ -44,7 +44,7 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import operations as P
 
-from pangu_ms.kernels import (DecodeAttentionKernel, GeluKernel, LayerNormKernel, LinearGeluKernel, LinearKernel,
+from pangu_ms.kernels import (CacheWriteKernel, DecodeAttentionKernel, GeluKernel, LayerNormKernel, LinearGeluKernel, LinearKernel,
                               LinearResidualKernel, TiedHeadKernel)
 from pangu_ms.models.layers import compute_dtype
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
@@ -62,6 +62,14 @@ _LAYER_WEIGHTS = (
     ("w1", "ffn.linear_fc1.weight"), ("b1", "ffn.linear_fc1.bias"),
     ("w2", "ffn.linear_fc2.weight"), ("b2", "ffn.linear_fc2.bias"),
 )
+
+
+_LN1_GAMMA, _LN1_BETA, _WQ, _BQ, _WK, _BK, _WV, _BV, _WO, _BO, _LN2_GAMMA, _LN2_BETA, _W1, _B1, _W2, _B2 = range(16)
+_PER_LAYER = len(_LAYER_WEIGHTS)
+# DecoderCore.weights: word table [V, H] (also the head), position and top query tables
+# [S_max, H], final LN gamma and beta [H], then _PER_LAYER tensors per layer in _LAYER_WEIGHTS order
+_WORD, _POSITION, _TOP_QUERY, _FINAL_GAMMA, _FINAL_BETA = range(5)
+_FIRST_LAYER = 5
 
 
 def _param(cell: nn.Cell, path: str) -> Parameter:
@@ -88,13 +96,11 @@ class DecoderCore(nn.Cell):
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         bb = lm.backbone
-        self.embeddings = ParameterTuple([bb.word_embedding.embedding_table,  # [V, H], also the head
-                                          bb.position_embedding.embedding_table,  # [S_max, H]
-                                          bb.top_query_embedding.embedding_table])  # [S_max, H]
-        self.final_ln = ParameterTuple([bb.final_ln.gamma, bb.final_ln.beta])
-        layers = list(bb.blocks) + [bb.query_layer]
-        for name, path in _LAYER_WEIGHTS:
-            setattr(self, name, ParameterTuple([_param(layer, path) for layer in layers]))
+        weights = [bb.word_embedding.embedding_table, bb.position_embedding.embedding_table,
+                   bb.top_query_embedding.embedding_table, bb.final_ln.gamma, bb.final_ln.beta]
+        for layer in list(bb.blocks) + [bb.query_layer]:
+            weights += [_param(layer, path) for _, path in _LAYER_WEIGHTS]
+        self.weights = ParameterTuple(weights)  # the model's own Parameters, see _FIRST_LAYER
         self.low_precision = cfg.compute_dtype != "float32"
         self.step_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=fused_kernels)
         self.prompt_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=False)
@@ -108,8 +114,9 @@ class DecoderCore(nn.Cell):
         self.step_head = TiedHeadKernel(fused=use_cpu, out_shape=(b, cfg.vocab_size))
         self.step_attention = DecodeAttentionKernel(max_length=max_length, head_dim=cfg.head_dim, fused=use_cpu,
                                                     out_shape=(b, h))
+        self.step_write = CacheWriteKernel(batch_size=batch_size, heads=cfg.num_heads, fused=use_cpu)
         self.cpu_kernels = all(k.fused for k in (self.step_linear, self.step_linear_residual, self.step_linear_gelu,
-                                                 self.step_head, self.step_attention))
+                                                 self.step_head, self.step_attention, self.step_write))
         self.dtype = compute_dtype(cfg.compute_dtype)
         self.slots = Tensor(np.arange(max_length, dtype=np.int32))  # [M]
         rows = np.zeros((batch_size, cfg.num_heads, 3), np.int32)  # (b, n, slot=0)
@@ -153,23 +160,24 @@ class DecoderCore(nn.Cell):
         ok = ops.logical_and(causal, real)  # [B, 1, Q, K]
         return (1.0 - self.cast(ok, ms.float32)) * _BLOCKED  # as PanguAlpha.attention_bias
 
-    def _embed(self, input_ids, position_ids):
+    def _embed(self, input_ids, position_ids, w):
         """-> hidden [B*S, H], the top query embedding [B*S, H] and the word table [V, H]."""
-        word, position, top_query = self.embeddings[0], self.embeddings[1], self.embeddings[2]
+        word, position, top_query = w[_WORD], w[_POSITION], w[_TOP_QUERY]
         b, s = input_ids.shape
         h = self.gather(word, input_ids, 0) + self.gather(position, position_ids, 0)  # [B, S, H]
         query = self.gather(top_query, position_ids, 0).reshape(b * s, -1)  # [B*S, H]
         return h.reshape(b * s, -1), query, word
 
-    def _qkv(self, i: int, h, query, one_token: bool):
+    def _qkv(self, i: int, h, query, w, one_token: bool):
         """Layer i's LN1 and projections: -> q, k, v [B*S, H] (q not yet scaled by 1/sqrt(D))."""
-        kv_in = self._norm(h, self.ln1_gamma[i], self.ln1_beta[i], one_token)
+        at = _FIRST_LAYER + _PER_LAYER * i
+        kv_in = self._norm(h, w[at + _LN1_GAMMA], w[at + _LN1_BETA], one_token)
         q_in = kv_in
         if i == self.num_layers - 1:  # the query layer's query is the top query embedding
             q_in = query
-        q = self._linear(q_in, self.wq[i], self.bq[i], one_token)
-        k = self._linear(kv_in, self.wk[i], self.bk[i], one_token)
-        return q, k, self._linear(kv_in, self.wv[i], self.bv[i], one_token)
+        q = self._linear(q_in, w[at + _WQ], w[at + _BQ], one_token)
+        k = self._linear(kv_in, w[at + _WK], w[at + _BK], one_token)
+        return q, k, self._linear(kv_in, w[at + _WV], w[at + _BV], one_token)
 
     def _attend(self, q, k, v, bias):
         """q [B, N, Q, D], k, v [B, N, K, D], bias [B, 1, Q, K] -> ctx [B, N, Q, D] fp32."""
@@ -177,20 +185,22 @@ class DecoderCore(nn.Cell):
         probs = self.softmax(scores + bias)
         return self._mm(probs, v, self.pv_matmul)  # [B, N, Q, D]
 
-    def _finish_layer(self, i: int, h, ctx, one_token: bool):
+    def _finish_layer(self, i: int, h, ctx, w, one_token: bool):
         """Residual attention output, then h + FFN(LN2(h)): ctx, h [T, H] -> h [T, H]."""
+        at = _FIRST_LAYER + _PER_LAYER * i
         if one_token and self.cpu_kernels:  # projections fused with their bias, GELU and residual adds
-            h = self.step_linear_residual(ctx, self.wo[i], self.bo[i], h)
-            x = self.step_linear_gelu(self.step_norm(h, self.ln2_gamma[i], self.ln2_beta[i]), self.w1[i], self.b1[i])
-            return self.step_linear_residual(x, self.w2[i], self.b2[i], h)
-        h = h + self._linear(ctx, self.wo[i], self.bo[i], one_token)
-        x = self._linear(self._norm(h, self.ln2_gamma[i], self.ln2_beta[i], one_token), self.w1[i], self.b1[i],
-                         one_token)  # [T, F]
+            h = self.step_linear_residual(ctx, w[at + _WO], w[at + _BO], h)
+            x = self.step_norm(h, w[at + _LN2_GAMMA], w[at + _LN2_BETA])
+            x = self.step_linear_gelu(x, w[at + _W1], w[at + _B1])  # [T, F]
+            return self.step_linear_residual(x, w[at + _W2], w[at + _B2], h)
+        h = h + self._linear(ctx, w[at + _WO], w[at + _BO], one_token)
+        x = self._norm(h, w[at + _LN2_GAMMA], w[at + _LN2_BETA], one_token)
+        x = self._linear(x, w[at + _W1], w[at + _B1], one_token)  # [T, F]
         if one_token:
             x = self.step_gelu(x)
         else:
             x = self.prompt_gelu(x)
-        return h + self._linear(x, self.w2[i], self.b2[i], one_token)
+        return h + self._linear(x, w[at + _W2], w[at + _B2], one_token)
 
     def _logits(self, h, table, one_token: bool):
         """h [T, H] -> logits [T, V] with the tied word table."""
@@ -207,16 +217,17 @@ class DecoderCore(nn.Cell):
         b, s = input_ids.shape
         bias = self._bias(self.slots[:s], self.slots[:s], pad_len)  # [B, 1, S, S]
         pad = ops.zeros((b, self.heads, self.max_length - s, self.head_dim), ms.float32)
-        h, query, table = self._embed(input_ids, position_ids)
+        w = self.weights
+        h, query, table = self._embed(input_ids, position_ids, w)
         ks, vs = [], []
         for i in range(self.num_layers):
             if i == self.num_layers - 1:
-                h = self._norm(h, self.final_ln[0], self.final_ln[1], False)
-            q, k, v = self._qkv(i, h, query, False)
+                h = self._norm(h, w[_FINAL_GAMMA], w[_FINAL_BETA], False)
+            q, k, v = self._qkv(i, h, query, w, False)
             k, v = self._heads(k, b, s), self._heads(v, b, s)  # [B, N, S, D]
             ctx = self._attend(self._heads(q, b, s), k, v, bias)  # [B, N, S, D]
             ctx = self.transpose(ctx, (0, 2, 1, 3)).reshape(b * s, -1)  # [B*S, H]
-            h = self._finish_layer(i, h, ctx, False)
+            h = self._finish_layer(i, h, ctx, w, False)
             ks.append(self.concat((k, pad)))  # [B, N, M, D]
             vs.append(self.concat((v, pad)))
         last = h.reshape(b, s, -1)[:, s - 1]  # [B, H]
@@ -228,28 +239,36 @@ class DecoderCore(nn.Cell):
             return self.scatter_update(cache, index, new)
         return self.tensor_scatter_update(cache, index, new)
 
-    def step(self, input_ids, position_ids, slot, pad_len, k_caches, v_caches, in_place: bool):
-        """ids, positions [B, 1], slot [] int32, pad_len [B], caches [B, N, M, D] (Parameters when
-        `in_place`) -> logits [B, V], updated caches."""
+    def step(self, input_ids, position_ids, slot, pad_len, w, k_caches, v_caches, in_place: bool):
+        """ids, positions [B, 1], slot [] int32, pad_len [B], weights w (`self.weights` or tensors
+        sharing their storage, in that order), caches [B, N, M, D] (Parameters when `in_place`)
+        -> logits [B, V], updated caches."""
         b = input_ids.shape[0]
         n, d = self.heads, self.head_dim
         bias = None
         if not self.cpu_kernels:  # the C++ attention kernel masks from slot and pad_len itself
             bias = self._bias(slot.reshape(1), self.slots, pad_len)  # [B, 1, 1, M]
         index = self.write_base + slot * self.slot_axis  # [B, N, 3]: (b, n, slot)
-        h, query, table = self._embed(input_ids, position_ids)  # [B, H]
+        h, query, table = self._embed(input_ids, position_ids, w)  # [B, H]
         ks, vs = [], []
         for i in range(self.num_layers):
             if i == self.num_layers - 1:
-                h = self._norm(h, self.final_ln[0], self.final_ln[1], True)
-            q, k, v = self._qkv(i, h, query, True)  # [B, H]; one token: [B, H] is [B, N, 1, D] as is
-            k = self._write(k_caches[i], index, k.reshape(b, n, d), in_place)  # [B, N, M, D]
-            v = self._write(v_caches[i], index, v.reshape(b, n, d), in_place)
-            if self.cpu_kernels:
+                h = self._norm(h, w[_FINAL_GAMMA], w[_FINAL_BETA], True)
+            q, k, v = self._qkv(i, h, query, w, True)  # [B, H]; one token: [B, H] is [B, N, 1, D] as is
+            if self.cpu_kernels and in_place:
+                written = self.step_write(k_caches[i], v_caches[i], k.reshape(b, n, d), v.reshape(b, n, d), slot)
+                k = ops.depend(k_caches[i], written)  # [B, N, M, D], read after the write
+                v = ops.depend(v_caches[i], written)
+                ctx = self.step_attention(q, k, v, slot, pad_len)  # [B, H]
+            elif self.cpu_kernels:
+                k = self._write(k_caches[i], index, k.reshape(b, n, d), in_place)  # [B, N, M, D]
+                v = self._write(v_caches[i], index, v.reshape(b, n, d), in_place)
                 ctx = self.step_attention(q, k, v, slot, pad_len)  # [B, H]
             else:
+                k = self._write(k_caches[i], index, k.reshape(b, n, d), in_place)
+                v = self._write(v_caches[i], index, v.reshape(b, n, d), in_place)
                 ctx = self._attend(q.reshape(b, n, 1, d), k, v, bias).reshape(b, -1)  # [B, H]
-            h = self._finish_layer(i, h, ctx, True)
+            h = self._finish_layer(i, h, ctx, w, True)
             ks.append(k)
             vs.append(v)
         return self._logits(h, table, True), tuple(ks), tuple(vs)
@@ -292,15 +311,28 @@ class PrefillCell(nn.Cell):
 
 
 class StepCell(nn.Cell):
-    """Graph 2: one token. (ids [B, 1], positions [B, 1], slot [], pad_len [B]) -> logits [B, V]."""
+    """Graph 2: one token. (ids [B, 1], positions [B, 1], slot [], pad_len [B], weights) -> logits [B, V].
+
+    `weights` are Tensors sharing the storage of `core.weights` (`weight_views`), passed as
+    inputs rather than read as Parameters: a graph launch costs about 30 us per Parameter it
+    reads against about 5 us per input Tensor (measured with 100 of each), and a step reads
+    16 per layer. The cache stays in Parameters: it is updated in place.
+    """
 
     def __init__(self, core: DecoderCore, cache: KVCache):
         super().__init__(auto_prefix=False)
         self.core, self.cache = core, cache
 
-    def construct(self, input_ids, position_ids, slot, pad_len):
-        logits, _, _ = self.core.step(input_ids, position_ids, slot, pad_len, self.cache.k, self.cache.v, True)
+    def construct(self, input_ids, position_ids, slot, pad_len, weights):
+        logits, _, _ = self.core.step(input_ids, position_ids, slot, pad_len, weights, self.cache.k, self.cache.v,
+                                      True)
         return logits
+
+
+def weight_views(core: DecoderCore) -> tuple[Tensor, ...]:
+    """Tensors sharing the storage of `core.weights` (no copy): in-place updates show through;
+    take them again after a Parameter's data is replaced (`set_data`, checkpoint loading)."""
+    return tuple(Tensor(p) for p in core.weights)
 
 
 class ExportPrefill(nn.Cell):
@@ -327,6 +359,6 @@ class ExportStep(nn.Cell):
         self.unstack = P.Unstack(axis=0)
 
     def construct(self, input_ids, position_ids, slot, pad_len, k_cache, v_cache):
-        logits, ks, vs = self.core.step(input_ids, position_ids, slot, pad_len,
+        logits, ks, vs = self.core.step(input_ids, position_ids, slot, pad_len, self.core.weights,
                                         self.unstack(k_cache), self.unstack(v_cache), False)
         return logits, self.stack(ks), self.stack(vs)

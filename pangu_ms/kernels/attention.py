@@ -83,3 +83,37 @@ class DecodeAttentionKernel(nn.Cell):
         qh = q.reshape(b, n, 1, d) * self.scale  # [B, N, 1, D]
         probs = _SOFTMAX(_BMM_NT(qh, k) + decode_bias(slot, pad_len, self.slots))  # [B, N, 1, M]
         return _BMM(probs, v).reshape(b, n * d)  # [B, H]
+
+
+class CacheWriteKernel(nn.Cell):
+    """Write one slot of a layer's K and V caches in place: k_cache[:, :, slot] = k_new (same for v).
+
+    `construct(k_cache, v_cache [B, N, M, D] Parameters, k_new, v_new [B, N, D], slot [] int32)`
+    -> a token [1] int32 to order later reads after the write (`ops.depend`). Inference only
+    (no backward). The reference is two `ScatterNdUpdate`s, which on CPU copy the whole cache
+    per call (O(M) per token); the C++ kernel (`WriteSlot`) writes B*N rows of D floats. The
+    operator is marked `side_effect_mem`, so MindSpore orders it among the Parameter reads and
+    writes of the graph as it does `Assign`.
+    """
+
+    def __init__(self, *, batch_size: int, heads: int, fused: bool = True):
+        super().__init__()
+        lib = cpu_kernel_library() if fused else None
+        self.fused = lib is not None
+        rows = np.zeros((batch_size, heads, 3), np.int32)  # (b, n, slot=0)
+        rows[..., 0] = np.arange(batch_size)[:, None]
+        rows[..., 1] = np.arange(heads)[None, :]
+        self.base = Tensor(rows)  # [B, N, 3]
+        self.slot_axis = Tensor(np.array([0, 0, 1], np.int32))
+        self.scatter = P.ScatterNdUpdate()
+        if self.fused:
+            self.kernel = ops.Custom(f"{lib}:WriteSlot", out_shape=[1], out_dtype=ms.int32, func_type="aot")
+            self.kernel.add_prim_attr("side_effect_mem", True)
+
+    def construct(self, k_cache, v_cache, k_new, v_new, slot):
+        if self.fused:
+            return self.kernel(k_cache, v_cache, k_new, v_new, slot)
+        index = self.base + slot * self.slot_axis  # [B, N, 3]: (b, n, slot)
+        k = self.scatter(k_cache, index, k_new)
+        v = self.scatter(v_cache, index, v_new)
+        return ops.depend(slot.reshape(1), (k, v))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from pangu_ms.kernels import DecodeAttentionKernel
+from pangu_ms.kernels import CacheWriteKernel, DecodeAttentionKernel
 
 B, N, M, D = 3, 2, 10, 8
 RNG = np.random.default_rng(2)
@@ -73,3 +73,34 @@ def test_backward_fused_matches_reference():
     for f, r in zip(fused[:3], ref[:3]):  # d q, d k, d v
         np.testing.assert_allclose(f.asnumpy(), r.asnumpy(), rtol=1e-4, atol=1e-5)
     assert np.abs(fused[1].asnumpy()[:, :, SLOT + 1:]).max() == 0  # no gradient into masked keys
+
+
+class _WriteThenAttend(nn.Cell):
+    """The decoding step's use: write the new token's K/V at `slot`, then attend over the cache."""
+
+    def __init__(self, fused: bool):
+        super().__init__()
+        zeros = np.zeros((B, N, M, D), np.float32)
+        self.k = ms.Parameter(Tensor(zeros), name="k", requires_grad=False)
+        self.v = ms.Parameter(Tensor(zeros), name="v", requires_grad=False)
+        self.write = CacheWriteKernel(batch_size=B, heads=N, fused=fused)
+        self.attend = _kernel(fused)
+
+    def construct(self, q, k_new, v_new, slot, pad_len):
+        token = self.write(self.k, self.v, k_new, v_new, slot)
+        return self.attend(q, ms.ops.depend(self.k, token), ms.ops.depend(self.v, token), slot, pad_len)
+
+
+def test_cache_write_in_place_then_attend_matches_reference():
+    nets = {fused: _WriteThenAttend(fused) for fused in (True, False)}
+    assert nets[True].write.fused and not nets[False].write.fused
+    pad = Tensor(np.array([0, 2, 3], np.int32))
+    for slot in range(3, 8):  # from 3 on every row sees at least its own key
+        q, k_new, v_new = (Tensor(RNG.normal(size=s).astype(np.float32)) for s in ((B, N * D), (B, N, D), (B, N, D)))
+        got = {f: n(q, k_new, v_new, Tensor(slot, ms.int32), pad).asnumpy() for f, n in nets.items()}
+        np.testing.assert_allclose(got[True], got[False], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(nets[True].k.asnumpy()[:, :, slot], k_new.asnumpy())
+    np.testing.assert_array_equal(nets[True].k.asnumpy(), nets[False].k.asnumpy())
+    np.testing.assert_array_equal(nets[True].v.asnumpy(), nets[False].v.asnumpy())
+    assert not nets[True].k.asnumpy()[:, :, 8:].any()  # other slots untouched
+    assert not nets[True].k.asnumpy()[:, :, :3].any()
