@@ -15,7 +15,7 @@ import numpy as np
 from mindspore import Tensor
 
 from pangu_ms.errors import PanguError
-from pangu_ms.infer.kv_cache import DecoderCore, KVCache, PrefillCell, StepCell, weight_views
+from pangu_ms.infer.kv_cache import DecoderCore, KVCache, PrefillCell, StepCell
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,6 @@ class IncrementalDecoder:
         self.prefill.set_train(False)
         self.step_cell.set_train(False)
         self._run_step = None  # set by the first step (see _step_launcher)
-        self._weights: tuple[Tensor, ...] = ()  # weight_views, taken at every start
         self.slot = 0  # next free cache slot
         self.rows = 0
         self._pad = Tensor(np.zeros(batch_size, np.int32))
@@ -109,7 +108,6 @@ class IncrementalDecoder:
         self._pad_np = pad
         self._pad = Tensor(pad)
         logits = self.prefill(Tensor(ids), Tensor(pos), self._pad).asnumpy()
-        self._weights = weight_views(self.core)  # after any weight update, before this request's steps
         self.slot, self.rows = s, n
         return logits[:n]
 
@@ -123,7 +121,7 @@ class IncrementalDecoder:
         ids = np.full((self.batch_size, 1), self.pad_id, np.int32)
         ids[: self.rows, 0] = tokens
         pos = (self.slot - self._pad_np).reshape(-1, 1).astype(np.int32)
-        args = (Tensor(ids), Tensor(pos), Tensor(self.slot, ms.int32), self._pad, self._weights)
+        args = (Tensor(ids), Tensor(pos), Tensor(self.slot, ms.int32), self._pad)
         if self._run_step is None:
             logits = self.step_cell(*args)  # compiles the step graph
             self._run_step = _step_launcher(self.step_cell)

@@ -240,9 +240,8 @@ class DecoderCore(nn.Cell):
         return self.tensor_scatter_update(cache, index, new)
 
     def step(self, input_ids, position_ids, slot, pad_len, w, k_caches, v_caches, in_place: bool):
-        """ids, positions [B, 1], slot [] int32, pad_len [B], weights w (`self.weights` or tensors
-        sharing their storage, in that order), caches [B, N, M, D] (Parameters when `in_place`)
-        -> logits [B, V], updated caches."""
+        """ids, positions [B, 1], slot [] int32, pad_len [B], weights w (`self.weights`), caches
+        [B, N, M, D] (Parameters when `in_place`) -> logits [B, V], updated caches."""
         b = input_ids.shape[0]
         n, d = self.heads, self.head_dim
         bias = None
@@ -311,28 +310,16 @@ class PrefillCell(nn.Cell):
 
 
 class StepCell(nn.Cell):
-    """Graph 2: one token. (ids [B, 1], positions [B, 1], slot [], pad_len [B], weights) -> logits [B, V].
-
-    `weights` are Tensors sharing the storage of `core.weights` (`weight_views`), passed as
-    inputs rather than read as Parameters: a graph launch costs about 30 us per Parameter it
-    reads against about 5 us per input Tensor (measured with 100 of each), and a step reads
-    16 per layer. The cache stays in Parameters: it is updated in place.
-    """
+    """Graph 2: one token. (ids [B, 1], positions [B, 1], slot [], pad_len [B]) -> logits [B, V]."""
 
     def __init__(self, core: DecoderCore, cache: KVCache):
         super().__init__(auto_prefix=False)
         self.core, self.cache = core, cache
 
-    def construct(self, input_ids, position_ids, slot, pad_len, weights):
-        logits, _, _ = self.core.step(input_ids, position_ids, slot, pad_len, weights, self.cache.k, self.cache.v,
-                                      True)
+    def construct(self, input_ids, position_ids, slot, pad_len):
+        logits, _, _ = self.core.step(input_ids, position_ids, slot, pad_len, self.core.weights, self.cache.k,
+                                      self.cache.v, True)
         return logits
-
-
-def weight_views(core: DecoderCore) -> tuple[Tensor, ...]:
-    """Tensors sharing the storage of `core.weights` (no copy): in-place updates show through;
-    take them again after a Parameter's data is replaced (`set_data`, checkpoint loading)."""
-    return tuple(Tensor(p) for p in core.weights)
 
 
 class ExportPrefill(nn.Cell):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mindspore import Tensor
+from mindspore import Tensor, nn, ops
 
 from infer_fixtures import SEQ, no_compile_cache, tiny_lm  # noqa: F401 (fixtures)
 from pangu_ms.infer.decoder import CacheFullError, GenerationError, IncrementalDecoder, left_pad
@@ -126,6 +126,38 @@ def test_weights_shared_not_copied(tiny_lm, decoder3):
     finally:
         bias.set_data(Tensor(old))
     assert not np.allclose(before, after)
+
+
+class _AssignCell(nn.Cell):
+    """Updates a Parameter inside a graph, in place, as an optimizer step does."""
+
+    def __init__(self, param):
+        super().__init__()
+        self.param = param
+
+    def construct(self, value):
+        return ops.assign(self.param, value)
+
+
+def test_steps_see_weight_updates(tiny_lm, full_logits):
+    """The step graph reads the weights through views taken at `start`: replaced data
+    (set_data, checkpoint loading) and in-place updates both reach the cached steps."""
+    dec = IncrementalDecoder(tiny_lm, batch_size=1, max_length=SEQ, prompt_bucket=1)
+    before = dec.start([[3, 4, 5]])
+    stepped = dec.step([7])
+    bias = tiny_lm.backbone.blocks[0].attention.linear_v.bias  # used by every step
+    old = bias.asnumpy().copy()
+    try:
+        bias.set_data(Tensor(old + 0.5))
+        assert not np.allclose(dec.start([[3, 4, 5]]), before)
+        assert not np.allclose(dec.step([7]), stepped)
+        worst, _ = _greedy_check(dec, [[3, 4, 5]], full_logits)
+        assert worst < 1e-4
+        _AssignCell(bias)(Tensor(old - 0.5))
+        worst, _ = _greedy_check(dec, [[3, 4, 5]], full_logits)
+        assert worst < 1e-4
+    finally:
+        bias.set_data(Tensor(old))
 
 
 def test_left_pad_positions():
