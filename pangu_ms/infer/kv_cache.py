@@ -20,17 +20,18 @@ computes on that row alone. The slot and positions are Tensors: a Python int wou
 recompile the step graph every token (MINDSPORE_CPU_NOTES.md item 3c).
 
 Why the layer math is written out here instead of calling the model's sub-cells: at one
-token per step a graph's cost is its op count and its Python call overhead, not arithmetic.
-`DecoderCore` is one flat Cell holding the model's own Parameters (ParameterTuples, names
-unchanged) that runs the same equations as `pangu_ms.models.pangu_alpha`. The step graph
-uses fused kernels (`pangu_ms.kernels`, switch `fused_kernels`): single LayerNorm and GELU
-kernels, and C++ matrix-vector kernels for every weight product (`cpu_kernels`); it has no
-head transposes for a single token and writes one slot per cache with an in-place
-`ScatterNdUpdate` (index [B, N, 3] = (b, n, slot)). The prompt graph keeps the reference
-compositions: from 32 tokens on they are faster (tiny model, 128 tokens: 29 ms against
-37 ms with the fused LayerNorm/GELU). Calling a Cell
-walks all its sub-cells in Python, about 30 us each: the model's 80 sub-cells cost more
-than the 4-layer step itself. Tests compare every step with the training model's forward.
+token per step a graph's cost is its op count, its Parameter reads and its launch overhead,
+not arithmetic. `DecoderCore` is one flat Cell holding the model's own Parameters (one
+ParameterTuple, names unchanged) that runs the equations of `pangu_ms.models.pangu_alpha`
+(calling a Cell walks all its sub-cells in Python, about 30 us each, and the model has 80).
+The step graph uses fused kernels (`pangu_ms.kernels`, switch `fused_kernels`): MindSpore's
+single LayerNorm kernel, and C++ kernels (`cpu_kernels`) for every weight product (bias,
+GELU and residual adds fused in), the one-token attention (masking from slot and pad_len
+itself) and an in-place write of the new slot (MindSpore's ScatterNdUpdate copies the whole
+cache per call). That is 52 ops per step for the 4-layer tiny model, against about 200 in
+the model's own graph. The prompt graph keeps the reference compositions: from 32 tokens on
+they are faster (tiny model, 128 tokens: 29 ms against 37 ms with fused LayerNorm/GELU).
+Tests compare every step with the training model's forward.
 
 `ExportPrefill` / `ExportStep` are the same graphs with the cache as explicit inputs and
 outputs (stacked [L, B, N, M, D]), for `mindspore.export` to MindIR.
@@ -44,38 +45,42 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import operations as P
 
-from pangu_ms.kernels import (CacheWriteKernel, DecodeAttentionKernel, GeluKernel, LayerNormKernel, LinearGeluKernel, LinearKernel,
-                              LinearResidualKernel, TiedHeadKernel)
+from pangu_ms.kernels import (CacheWriteKernel, DecodeAttentionKernel, GeluKernel, LayerNormKernel, LinearGeluKernel,
+                              LinearKernel, LinearResidualKernel, TiedHeadKernel)
 from pangu_ms.models.layers import compute_dtype
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 _BLOCKED = -10000.0  # the model's additive mask value (PanguAlpha.attention_bias)
 
-# DecoderCore attribute -> the Parameter's path inside a Block / the QueryLayer
-_LAYER_WEIGHTS = (
-    ("ln1_gamma", "ln1.gamma"), ("ln1_beta", "ln1.beta"),
-    ("wq", "attention.linear_q.weight"), ("bq", "attention.linear_q.bias"),
-    ("wk", "attention.linear_k.weight"), ("bk", "attention.linear_k.bias"),
-    ("wv", "attention.linear_v.weight"), ("bv", "attention.linear_v.bias"),
-    ("wo", "attention.linear_out.weight"), ("bo", "attention.linear_out.bias"),
-    ("ln2_gamma", "ln2.gamma"), ("ln2_beta", "ln2.beta"),
-    ("w1", "ffn.linear_fc1.weight"), ("b1", "ffn.linear_fc1.bias"),
-    ("w2", "ffn.linear_fc2.weight"), ("b2", "ffn.linear_fc2.bias"),
-)
-
-
-_LN1_GAMMA, _LN1_BETA, _WQ, _BQ, _WK, _BK, _WV, _BV, _WO, _BO, _LN2_GAMMA, _LN2_BETA, _W1, _B1, _W2, _B2 = range(16)
-_PER_LAYER = len(_LAYER_WEIGHTS)
-# DecoderCore.weights: word table [V, H] (also the head), position and top query tables
-# [S_max, H], final LN gamma and beta [H], then _PER_LAYER tensors per layer in _LAYER_WEIGHTS order
+# DecoderCore.weights, in this order: the word table [V, H] (also the head), the position and
+# top query tables [S_max, H], the final LN gamma and beta [H], then per layer (blocks, then
+# the query layer) the Parameters at these paths; the constants below index them.
 _WORD, _POSITION, _TOP_QUERY, _FINAL_GAMMA, _FINAL_BETA = range(5)
 _FIRST_LAYER = 5
+_LAYER_PATHS = ("ln1.gamma", "ln1.beta",
+                "attention.linear_q.weight", "attention.linear_q.bias",
+                "attention.linear_k.weight", "attention.linear_k.bias",
+                "attention.linear_v.weight", "attention.linear_v.bias",
+                "attention.linear_out.weight", "attention.linear_out.bias",
+                "ln2.gamma", "ln2.beta",
+                "ffn.linear_fc1.weight", "ffn.linear_fc1.bias",
+                "ffn.linear_fc2.weight", "ffn.linear_fc2.bias")
+_LN1_GAMMA, _LN1_BETA, _WQ, _BQ, _WK, _BK, _WV, _BV, _WO, _BO, _LN2_GAMMA, _LN2_BETA, _W1, _B1, _W2, _B2 = range(16)
+_PER_LAYER = len(_LAYER_PATHS)
 
 
-def _param(cell: nn.Cell, path: str) -> Parameter:
-    for part in path.split("."):
-        cell = getattr(cell, part)
-    return cell
+def model_weights(lm: PanguAlphaLM) -> list[Parameter]:
+    """The Parameters of `lm` in `DecoderCore.weights` order (the objects themselves)."""
+    bb = lm.backbone
+    weights = [bb.word_embedding.embedding_table, bb.position_embedding.embedding_table,
+               bb.top_query_embedding.embedding_table, bb.final_ln.gamma, bb.final_ln.beta]
+    for layer in list(bb.blocks) + [bb.query_layer]:
+        for path in _LAYER_PATHS:
+            obj = layer
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            weights.append(obj)
+    return weights
 
 
 class DecoderCore(nn.Cell):
@@ -95,29 +100,13 @@ class DecoderCore(nn.Cell):
         self.num_layers = cfg.num_layers
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
-        bb = lm.backbone
-        weights = [bb.word_embedding.embedding_table, bb.position_embedding.embedding_table,
-                   bb.top_query_embedding.embedding_table, bb.final_ln.gamma, bb.final_ln.beta]
-        for layer in list(bb.blocks) + [bb.query_layer]:
-            weights += [_param(layer, path) for _, path in _LAYER_WEIGHTS]
-        self.weights = ParameterTuple(weights)  # the model's own Parameters, see _FIRST_LAYER
+        self.weights = ParameterTuple(model_weights(lm))  # the model's own Parameters
         self.low_precision = cfg.compute_dtype != "float32"
-        self.step_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=fused_kernels)
-        self.prompt_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=False)
-        self.step_gelu = GeluKernel(fused=fused_kernels)
-        self.prompt_gelu = GeluKernel(fused=False)
-        use_cpu = fused_kernels and cpu_kernels and not self.low_precision
-        b, h, f = batch_size, cfg.hidden_size, cfg.ffn_hidden_size
-        self.step_linear = LinearKernel(fused=use_cpu, out_shape=(b, h))  # q, k, v: [B, H] -> [B, H]
-        self.step_linear_residual = LinearResidualKernel(fused=use_cpu, out_shape=(b, h))  # out, fc2 (+ h)
-        self.step_linear_gelu = LinearGeluKernel(fused=use_cpu, out_shape=(b, f))  # fc1 + GELU: -> [B, F]
-        self.step_head = TiedHeadKernel(fused=use_cpu, out_shape=(b, cfg.vocab_size))
-        self.step_attention = DecodeAttentionKernel(max_length=max_length, head_dim=cfg.head_dim, fused=use_cpu,
-                                                    out_shape=(b, h))
-        self.step_write = CacheWriteKernel(batch_size=batch_size, heads=cfg.num_heads, fused=use_cpu)
-        self.cpu_kernels = all(k.fused for k in (self.step_linear, self.step_linear_residual, self.step_linear_gelu,
-                                                 self.step_head, self.step_attention, self.step_write))
         self.dtype = compute_dtype(cfg.compute_dtype)
+        self.prompt_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=False)
+        self.prompt_gelu = GeluKernel(fused=False)
+        self._step_kernels(cfg, batch_size, max_length, fused_kernels,
+                           fused_kernels and cpu_kernels and not self.low_precision)
         self.slots = Tensor(np.arange(max_length, dtype=np.int32))  # [M]
         rows = np.zeros((batch_size, cfg.num_heads, 3), np.int32)  # (b, n, slot=0)
         rows[..., 0] = np.arange(batch_size)[:, None]
@@ -132,9 +121,24 @@ class DecoderCore(nn.Cell):
         self.softmax = P.Softmax(-1)
         self.transpose = P.Transpose()
         self.concat = P.Concat(axis=2)
-        self.scatter_update = P.ScatterNdUpdate()  # in place on a Parameter
+        self.scatter_update = P.ScatterNdUpdate()  # in place on a Parameter (reference step)
         self.tensor_scatter_update = P.TensorScatterUpdate()  # functional (export)
         self.cast = P.Cast()
+
+    def _step_kernels(self, cfg, batch_size: int, max_length: int, fused: bool, use_cpu: bool) -> None:
+        """The step graph's kernels; `self.cpu_kernels` tells whether the C++ ones all run."""
+        self.step_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=fused)
+        self.step_gelu = GeluKernel(fused=fused)
+        b, h, f = batch_size, cfg.hidden_size, cfg.ffn_hidden_size
+        self.step_linear = LinearKernel(fused=use_cpu, out_shape=(b, h))  # q, k, v: [B, H] -> [B, H]
+        self.step_linear_residual = LinearResidualKernel(fused=use_cpu, out_shape=(b, h))  # out, fc2 (+ h)
+        self.step_linear_gelu = LinearGeluKernel(fused=use_cpu, out_shape=(b, f))  # fc1 + GELU: -> [B, F]
+        self.step_head = TiedHeadKernel(fused=use_cpu, out_shape=(b, cfg.vocab_size))
+        self.step_attention = DecodeAttentionKernel(max_length=max_length, head_dim=cfg.head_dim, fused=use_cpu,
+                                                    out_shape=(b, h))
+        self.step_write = CacheWriteKernel(batch_size=batch_size, heads=cfg.num_heads, fused=use_cpu)
+        self.cpu_kernels = all(k.fused for k in (self.step_linear, self.step_linear_residual, self.step_linear_gelu,
+                                                 self.step_head, self.step_attention, self.step_write))
 
     def _mm(self, x, w, matmul):
         """x @ w (or w^T) in the compute dtype, result fp32."""
