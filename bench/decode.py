@@ -8,7 +8,8 @@ Prints one JSON line per (model, method) and a summary line with the ratios:
 Methods (random weights, greedy, batch 1 by default; compile time is excluded by an untimed
 warm-up run and reported separately):
 - cache: `pangu_ms.infer` prompt graph + one step graph per token, cache of `seq_length` slots
-  (the same cache length MindFormers uses);
+  (the same cache length MindFormers uses); the step graph runs the fused kernels of
+  `pangu_ms.kernels` (the C++ ones are compiled on first use, outside the timed runs);
 - recompute: the full model over the whole prefix for every new token, the prefix right-padded
   to a multiple of `--bucket` so a handful of compiled shapes serve all lengths (an unpadded
   recompute would recompile at every token);
