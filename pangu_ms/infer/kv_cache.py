@@ -258,18 +258,16 @@ class DecoderCore(nn.Cell):
             if i == self.num_layers - 1:
                 h = self._norm(h, w[_FINAL_GAMMA], w[_FINAL_BETA], True)
             q, k, v = self._qkv(i, h, query, w, True)  # [B, H]; one token: [B, H] is [B, N, 1, D] as is
-            if self.cpu_kernels and in_place:
+            if self.cpu_kernels and in_place:  # one C++ write of the slot, in place
                 written = self.step_write(k_caches[i], v_caches[i], k.reshape(b, n, d), v.reshape(b, n, d), slot)
                 k = ops.depend(k_caches[i], written)  # [B, N, M, D], read after the write
                 v = ops.depend(v_caches[i], written)
-                ctx = self.step_attention(q, k, v, slot, pad_len)  # [B, H]
-            elif self.cpu_kernels:
+            else:
                 k = self._write(k_caches[i], index, k.reshape(b, n, d), in_place)  # [B, N, M, D]
                 v = self._write(v_caches[i], index, v.reshape(b, n, d), in_place)
+            if self.cpu_kernels:
                 ctx = self.step_attention(q, k, v, slot, pad_len)  # [B, H]
             else:
-                k = self._write(k_caches[i], index, k.reshape(b, n, d), in_place)
-                v = self._write(v_caches[i], index, v.reshape(b, n, d), in_place)
                 ctx = self._attend(q.reshape(b, n, 1, d), k, v, bias).reshape(b, -1)  # [B, H]
             h = self._finish_layer(i, h, ctx, w, True)
             ks.append(k)
