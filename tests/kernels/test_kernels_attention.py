@@ -7,6 +7,7 @@ import pytest
 from mindspore import Tensor, nn
 
 from pangu_ms.kernels import CacheWriteKernel, DecodeAttentionKernel
+from pangu_testing import vjp_cell
 
 B, N, M, D = 3, 2, 10, 8
 RNG = np.random.default_rng(2)
@@ -56,20 +57,11 @@ def test_keys_outside_the_window_are_ignored():
     np.testing.assert_allclose(got, _numpy_attention(Q, K, V, SLOT, PAD), rtol=1e-5, atol=1e-5)
 
 
-class _Vjp(nn.Cell):
-    def __init__(self, fn: nn.Cell):
-        super().__init__()
-        self.fn = fn
-        self.grad = ms.ops.GradOperation(get_all=True, sens_param=True)
-
-    def construct(self, *args):
-        return self.grad(self.fn)(*args)
-
 
 def test_backward_fused_matches_reference():
     dy = Tensor(RNG.normal(size=(B, N * D)).astype(np.float32))
-    fused = _Vjp(_kernel(True))(*_args(), dy)
-    ref = _Vjp(_kernel(False))(*_args(), dy)
+    fused = vjp_cell(_kernel(True))(*_args(), dy)
+    ref = vjp_cell(_kernel(False))(*_args(), dy)
     for f, r in zip(fused[:3], ref[:3]):  # d q, d k, d v
         np.testing.assert_allclose(f.asnumpy(), r.asnumpy(), rtol=1e-4, atol=1e-5)
     assert np.abs(fused[1].asnumpy()[:, :, SLOT + 1:]).max() == 0  # no gradient into masked keys

@@ -4,13 +4,13 @@ from __future__ import annotations
 import platform
 import shutil
 
-import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, nn
+from mindspore import Tensor
 
 from pangu_ms.kernels import (LinearGeluKernel, LinearKernel, LinearResidualKernel, TiedHeadKernel,
                               cpu_kernel_library)
+from pangu_testing import vjp_cell
 
 RNG = np.random.default_rng(1)
 AVX2 = platform.machine() in ("x86_64", "AMD64") and "avx2" in open("/proc/cpuinfo").read()
@@ -19,15 +19,6 @@ AVX2 = platform.machine() in ("x86_64", "AMD64") and "avx2" in open("/proc/cpuin
 def _arr(*shape):
     return RNG.normal(size=shape).astype(np.float32)
 
-
-class _Vjp(nn.Cell):
-    def __init__(self, fn: nn.Cell):
-        super().__init__()
-        self.fn = fn
-        self.grad = ms.ops.GradOperation(get_all=True, sens_param=True)
-
-    def construct(self, *args):
-        return self.grad(self.fn)(*args)
 
 
 @pytest.mark.skipif(not (AVX2 and shutil.which("g++")), reason="needs x86-64 AVX2 and g++")
@@ -61,8 +52,8 @@ def test_tied_head_fused_forward_matches_reference_and_numpy(rows, h, v):
 def test_linear_fused_backward_matches_reference():
     x, w, b, dy = _arr(3, 20), _arr(20, 12), _arr(12), _arr(3, 12)
     args = [Tensor(a) for a in (x, w, b, dy)]
-    fused = _Vjp(LinearKernel(fused=True))(*args)
-    ref = _Vjp(LinearKernel(fused=False))(*args)
+    fused = vjp_cell(LinearKernel(fused=True))(*args)
+    ref = vjp_cell(LinearKernel(fused=False))(*args)
     assert len(fused) == 3
     for f, r, e in zip(fused, ref, (dy @ w.T, x.T @ dy, dy.sum(0))):
         np.testing.assert_allclose(f.asnumpy(), r.asnumpy(), rtol=1e-5, atol=1e-5)
@@ -72,8 +63,8 @@ def test_linear_fused_backward_matches_reference():
 def test_tied_head_fused_backward_matches_reference():
     x, table, dy = _arr(2, 16), _arr(30, 16), _arr(2, 30)
     args = [Tensor(a) for a in (x, table, dy)]
-    fused = _Vjp(TiedHeadKernel(fused=True))(*args)
-    ref = _Vjp(TiedHeadKernel(fused=False))(*args)
+    fused = vjp_cell(TiedHeadKernel(fused=True))(*args)
+    ref = vjp_cell(TiedHeadKernel(fused=False))(*args)
     for f, r, e in zip(fused, ref, (dy @ table, dy.T @ x)):
         np.testing.assert_allclose(f.asnumpy(), r.asnumpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(f.asnumpy(), e, rtol=1e-5, atol=1e-5)
@@ -96,14 +87,14 @@ def test_linear_residual_and_gelu_forward_match_numpy(fused):
 def test_linear_residual_and_gelu_backward_match_reference():
     x, w, b, r, dy = _arr(3, 20), _arr(20, 12) * 0.3, _arr(12), _arr(3, 12), _arr(3, 12)
     args = [Tensor(a) for a in (x, w, b, r, dy)]
-    fused = _Vjp(LinearResidualKernel(fused=True))(*args)
-    ref = _Vjp(LinearResidualKernel(fused=False))(*args)
+    fused = vjp_cell(LinearResidualKernel(fused=True))(*args)
+    ref = vjp_cell(LinearResidualKernel(fused=False))(*args)
     assert len(fused) == 4
     for f, e in zip(fused, ref):
         np.testing.assert_allclose(f.asnumpy(), e.asnumpy(), rtol=1e-5, atol=1e-5)
     args = [Tensor(a) for a in (x, w, b, dy)]
-    fused = _Vjp(LinearGeluKernel(fused=True))(*args)
-    ref = _Vjp(LinearGeluKernel(fused=False))(*args)  # autodiff of the composed GELU
+    fused = vjp_cell(LinearGeluKernel(fused=True))(*args)
+    ref = vjp_cell(LinearGeluKernel(fused=False))(*args)  # autodiff of the composed GELU
     # float64 truth: central differences of the GELU, then the linear chain rule
     z = x.astype(np.float64) @ w + b
     dz = dy * (_numpy_gelu(z + 1e-6) - _numpy_gelu(z - 1e-6)) / 2e-6

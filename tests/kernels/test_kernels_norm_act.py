@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 
-import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, nn
+from mindspore import Tensor
 
 from pangu_ms.kernels import GeluKernel, LayerNormKernel
 from pangu_ms.models.layers import GELU, LayerNorm
+from pangu_testing import vjp_cell
 
 RNG = np.random.default_rng(0)
 X = (RNG.normal(size=(6, 32)) * 3 + 1).astype(np.float32)
@@ -25,17 +25,6 @@ def _numpy_layer_norm(x, g, b, eps=1e-5):
 def _numpy_gelu(x):
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
-
-class _Vjp(nn.Cell):
-    """sum(f(*inputs) * dy) -> gradients with respect to every input (a vector-Jacobian product)."""
-
-    def __init__(self, fn: nn.Cell):
-        super().__init__()
-        self.fn = fn
-        self.grad = ms.ops.GradOperation(get_all=True, sens_param=True)
-
-    def construct(self, *args):
-        return self.grad(self.fn)(*args)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -54,8 +43,8 @@ def test_layer_norm_reference_is_the_model_layer():
 
 def test_layer_norm_fused_backward_matches_reference():
     args = (Tensor(X), Tensor(GAMMA), Tensor(BETA), Tensor(DY))
-    fused = _Vjp(LayerNormKernel(eps=1e-5, fused=True))(*args)
-    ref = _Vjp(LayerNormKernel(eps=1e-5, fused=False))(*args)
+    fused = vjp_cell(LayerNormKernel(eps=1e-5, fused=True))(*args)
+    ref = vjp_cell(LayerNormKernel(eps=1e-5, fused=False))(*args)
     assert len(fused) == 3
     for f, r in zip(fused, ref):  # d x, d gamma, d beta
         np.testing.assert_allclose(f.asnumpy(), r.asnumpy(), atol=5e-5, rtol=1e-4)
@@ -74,8 +63,8 @@ def test_gelu_reference_is_the_model_activation():
 
 
 def test_gelu_fused_backward_matches_reference():
-    (fused,) = _Vjp(GeluKernel(fused=True))(Tensor(X), Tensor(DY))
-    (ref,) = _Vjp(GeluKernel(fused=False))(Tensor(X), Tensor(DY))
+    (fused,) = vjp_cell(GeluKernel(fused=True))(Tensor(X), Tensor(DY))
+    (ref,) = vjp_cell(GeluKernel(fused=False))(Tensor(X), Tensor(DY))
     np.testing.assert_allclose(fused.asnumpy(), ref.asnumpy(), atol=5e-5, rtol=1e-4)
     # central differences of the numpy form at a few points
     eps = 1e-3
