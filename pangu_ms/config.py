@@ -365,8 +365,14 @@ class FinetuneConfig:
     """training rows are padded to a multiple of this (one compiled shape per multiple)."""
     lm_loss_weight: float = 0.5
     """weight of the auxiliary next-token loss on the prompt text (GPT fine-tuning); 0 turns it off."""
-    lm_positions: int = 16
+    lm_positions: int = 48
     """prompt positions sampled per example for that auxiliary loss."""
+    dropout: float = 0.1
+    """dropout while fine-tuning (hidden states and attention probabilities); the saved model's
+    config keeps the pretrained value."""
+    ema_decay: float = 0.995
+    """per-step decay of the exponential moving average of the weights that is evaluated and
+    saved instead of the last step's weights (averages out the step-to-step noise); 0: off."""
     train_examples: int = 0
     """use at most this many training examples (0: all)."""
     eval_limit: int = 0
@@ -378,6 +384,8 @@ class FinetuneConfig:
         _require(self.method in ("full", "lora"), "method", self.method, "use full or lora")
         _require(self.lora_rank >= 1, "lora_rank", self.lora_rank, "must be >= 1")
         _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "must be > 0")
+        _require(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
+        _require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1) (0 turns the average off)")
         _require(self.lm_loss_weight >= 0, "lm_loss_weight", self.lm_loss_weight, "must be >= 0 (0 turns it off)")
         for name in ("steps", "batch_size", "max_tokens", "length_bucket", "lm_positions"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")

@@ -102,12 +102,13 @@ def test_finetune_lora_then_eval_checkpoint(tiny_run, capsys):
     out_dir = tiny_run / "ft"
     r = json.loads(_cli(capsys, "finetune", "--config", "ascend_configs/pangu_alpha_tiny_finetune.yaml",
                         "--set", f"finetune.init={tiny_run / 'pretrain'}", "--set", "finetune.method=lora",
-                        "--set", "finetune.steps=3", "--set", "finetune.batch_size=4", "--set",
+                        "--set", "finetune.steps=8", "--set", "schedule.warmup_steps=1", "--set", "finetune.batch_size=4", "--set",
                         "finetune.max_tokens=48", "--set", "finetune.eval_limit=6", "--set", "finetune.eval_shots=1",
                         "--set", "finetune.train_examples=40", "--set", f"run.output_dir={out_dir}", "--json"))
     assert [b["shots"] for b in r["before"]] == [0, 1] and r["after"][0]["n"] == 6
     assert r["trainable_params"] == 3 * 4 * 2 * 8 * 32  # 3 layers x 4 projections x (A + B)
     assert (out_dir / "finetune_results.json").is_file()
+    assert r["ema_updates"] == 2 and r["dropout"] == 0.1  # the average of steps 4 and 8 is evaluated and saved
     ev = json.loads(_cli(capsys, "eval", "--ckpt", str(out_dir), "--task", "sentiment", "--limit", "6", "--json"))
     assert ev["accuracy"] == pytest.approx(r["after"][0]["accuracy"])
 

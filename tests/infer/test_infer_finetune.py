@@ -72,3 +72,49 @@ def test_length_batches_group_rows_by_width_and_cover_every_row_each_epoch():
         assert len(batch) == 2 and (widths[batch] == width).all() and (lengths[batch] <= width).all()
         seen |= set(batch.tolist())
     assert seen == set(range(len(lengths)))
+
+
+def test_weight_average_is_the_exponential_moving_average():
+    from mindspore import Parameter
+
+    from pangu_ms.infer.finetune import WeightAverage
+
+    w = Parameter(Tensor(np.zeros((3, 2), np.float32)), name="w")
+    avg = WeightAverage([w], decay=0.5)
+    avg.copy_to_params()  # before any update: the weights stay as they are
+    np.testing.assert_array_equal(w.asnumpy(), 0.0)
+    values = [np.full((3, 2), v, np.float32) for v in (4.0, 2.0, 8.0)]
+    for v in values:
+        w.set_data(Tensor(v))
+        avg.update()
+    expected = 0.5 * (0.5 * 4.0 + 0.5 * 2.0) + 0.5 * 8.0  # starts at the first value
+    np.testing.assert_array_equal(w.asnumpy(), 8.0)  # updating never touches the live weights
+    avg.copy_to_params()
+    np.testing.assert_allclose(w.asnumpy(), expected, rtol=1e-6)
+    assert avg.updates == 3
+
+
+def test_with_dropout_keeps_the_weights_and_only_drops_in_training():
+    """The fine-tune flow: the rebuilt model trains with dropout (the loss is random), and its
+    evaluation afterwards (a fresh Scorer in eval mode) equals the original model's."""
+    from pangu_ms.infer.finetune import with_dropout
+
+    ms.set_seed(3)
+    lm = PanguAlphaLM(tiny_model_config(seq_length=16))
+    lm.set_train(False)
+    noisy = with_dropout(lm, 0.3)
+    assert noisy.config.dropout == 0.3 and with_dropout(lm, lm.config.dropout) is lm
+    tok, task = CharTok(), TaskConfig(template="{text}>{label}", labels={"1": "YES", "0": "N"})
+    ids, where, labels = build_rows([Example("abcdef", "1"), Example("xyz", "0")], task, tok, max_tokens=16, pad_id=6)
+    pos, mask = eod_reset(np.zeros((2, 17), np.int32), 0, reset_at_eod=False)
+    rows = Tensor((where + 16 * np.arange(2)[:, None]).reshape(-1).astype(np.int32))
+    inputs = (Tensor(ids), Tensor(pos), Tensor(mask), rows, Tensor(labels.reshape(-1)), rows, Tensor(labels.reshape(-1)))
+    loss = FinetuneLoss(noisy)
+    noisy.set_train(True)
+    first, second = (float(loss(*inputs).asnumpy()) for _ in range(2))
+    assert first != second  # dropout is active while training
+    noisy.set_train(False)
+    seqs = [list(ids[0, :7]), list(ids[1, :4])]
+    for a, b in zip(Scorer(noisy, batch_size=2, length_bucket=8).logprobs(seqs),
+                    Scorer(lm, batch_size=2, length_bucket=8).logprobs(seqs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
