@@ -108,7 +108,7 @@ class WeightAverage:
                 p.set_data(Tensor(a.astype(p.asnumpy().dtype)))
 
 
-EMA_EVERY = 4  # steps between average updates (decay ema_decay**4): a host copy of the weights costs ~20 ms
+EMA_EVERY = 4  # steps between average updates (each uses decay ema_decay**4): fewer host copies of the weights
 
 
 def with_dropout(lm: PanguAlphaLM, dropout: float) -> PanguAlphaLM:
