@@ -105,7 +105,7 @@ class WeightAverage:
     def copy_to_params(self) -> None:
         if self.avg is not None:
             for p, a in zip(self.params, self.avg):
-                p.set_data(Tensor(a.astype(p.asnumpy().dtype)))
+                p.set_data(Tensor(a, dtype=p.dtype))
 
 
 EMA_EVERY = 4  # steps between average updates (each uses decay ema_decay**4): fewer host copies of the weights
