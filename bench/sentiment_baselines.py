@@ -2,8 +2,8 @@
 
 Two classic text classifiers over character n-grams of the same review text the task scores
 (the first `max_text_chars` characters, 100 in ascend_configs/tasks/sentiment.yaml):
-- `naive_bayes`: multinomial naive Bayes on the set of character 1-2-grams of each review,
-  add-one smoothing (NumPy only);
+- `naive_bayes`: binarized multinomial naive Bayes (each distinct character 1-2-gram of a review
+  counts once), add-one smoothing (NumPy only);
 - `tfidf_logreg`: logistic regression (C=4) on sublinear TF-IDF character 1-3-grams seen in at
   least two reviews. Needs scikit-learn, which is not a project dependency: without it the line
   says so and is skipped.
@@ -38,7 +38,7 @@ def ngrams(text: str, n_max: int) -> set[str]:
 
 
 def naive_bayes(train: list[tuple[str, str]], test: list[tuple[str, str]]) -> float:
-    """Multinomial NB over the distinct character 1-2-grams of each text -> accuracy."""
+    """Binarized multinomial NB over the distinct character 1-2-grams of each text -> accuracy."""
     labels = sorted({y for _, y in train})
     counts = {y: Counter() for y in labels}
     for x, y in train:
