@@ -94,7 +94,8 @@ class TokenizerConfig:
     model_type: str = "unigram"
     """SentencePiece algorithm when training: unigram (as released) or bpe."""
     corpus: str = "peoples_daily_1998"
-    """built-in corpus name or a path/glob of user text to train on."""
+    """built-in corpus name or a path/glob of user text to train on; in `prepare`, `sources`
+    means the cleaned training documents of every `data.sources` entry."""
     byte_fallback: bool = True
     """encode unseen characters as bytes instead of <unk> (models we train)."""
     character_coverage: float = 0.9995

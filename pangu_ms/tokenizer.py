@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "vocab.model"
 INFO_FILE = "tokenizer.json"
+SOURCES = "sources"
+"""`tokenizer.corpus` value that means: train on the job's data sources (prepare only)."""
 SPACE, NEWLINE = "\u2582", "\u2583"
 SPECIAL_PIECES = ["<unk>", "<s>", "</s>", NEWLINE, SPACE, "<sep>", "<pad>", "<mask>", "<eod>", "<eot>"]
 UNK_ID, BOS_ID, EOS_ID, NEWLINE_ID, SPACE_ID, SEP_ID, PAD_ID, MASK_ID, EOD_ID, EOT_ID = range(10)
@@ -262,6 +264,9 @@ def train_tokenizer(cfg, out_dir: str | Path, *, segmented: Sequence[str] | None
     if segmented is None:
         from pangu_ms.data.corpora import load_texts
 
+        if cfg.corpus == SOURCES:
+            raise DataError("tokenizer.corpus='sources' names a job's data sources and only works in "
+                            "`prepare`; give a corpus name, file, directory or glob here")
         segmented = segment_batch(load_texts(cfg.corpus), num_workers)
     sentences = list(_training_sentences(segmented))
     if not sentences:

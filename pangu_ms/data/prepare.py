@@ -26,7 +26,7 @@ from pangu_ms.data.corpora import load_documents, load_texts
 from pangu_ms.data.packing import mixing_plan, pack_rows, select_documents, write_shards
 from pangu_ms.data.report import build_manifest, build_report, format_report
 from pangu_ms.errors import DataError
-from pangu_ms.tokenizer import (EOD_ID, MODEL_FILE, PAD_ID, PanguTokenizer, resolve_workers, segment_batch,
+from pangu_ms.tokenizer import (EOD_ID, MODEL_FILE, PAD_ID, SOURCES, PanguTokenizer, resolve_workers, segment_batch,
                                 train_tokenizer)
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ def _load_and_clean(data: DataConfig, seed: int, progress: bool) -> list[SourceD
 
 def _tokenizer_for(job: JobConfig, sources: list[SourceData], segmented: list[list[str]],
                    workers: int) -> tuple[PanguTokenizer, bool]:
-    """Load `tokenizer.path`, or train it there first (on the cleaned corpus when it is a source)."""
+    """Load `tokenizer.path`, or train it there first (on the cleaned corpus when it is a source,
+    on every source's cleaned training documents when `tokenizer.corpus` is `sources`)."""
     model = Path(job.tokenizer.path) / MODEL_FILE
     if model.is_file():
         tok = PanguTokenizer.from_dir(job.tokenizer.path)
@@ -113,7 +114,9 @@ def _tokenizer_for(job: JobConfig, sources: list[SourceData], segmented: list[li
         raise DataError(f"tokenizer.vocab_size={job.tokenizer.vocab_size} exceeds model.vocab_size="
                         f"{job.model.vocab_size}: the model could not embed every id; make them equal")
     names = [s.cfg.name for s in sources]
-    if job.tokenizer.corpus in names:
+    if job.tokenizer.corpus == SOURCES:
+        text = [doc for docs in segmented for doc in docs]
+    elif job.tokenizer.corpus in names:
         text = segmented[names.index(job.tokenizer.corpus)]
     else:
         text = segment_batch(load_texts(job.tokenizer.corpus), workers)
