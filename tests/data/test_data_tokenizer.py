@@ -160,3 +160,9 @@ def test_cli_train_bpe(tmp_path, pd_docs, capsys):
     text = pd_docs[20][:300]
     assert tok.decode(tok.encode(text)) == unicodedata.normalize("NFKC", text)  # NFKC: "１２月，" -> "12月,"
     assert main(["tokenizer", "train", "--corpus", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_sources_corpus_outside_prepare_is_refused(tmp_path):
+    with pytest.raises(DataError, match="only works in `prepare`"):
+        train_tokenizer(TokenizerConfig(corpus="sources", vocab_size=100), tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
