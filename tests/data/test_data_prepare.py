@@ -166,13 +166,13 @@ def test_prepare_bad_input_leaves_nothing_complete(job_file, tmp_path, monkeypat
 def test_tokenizer_corpus_sources_trains_on_every_source(job_file, tmp_path):
     from pangu_ms.tokenizer import INFO_FILE
 
-    def trained_on(corpus: str) -> dict:
-        tok_dir = tmp_path / f"tok_{len(corpus)}"
+    def trained_on(corpus: str, name: str) -> dict:
+        tok_dir = tmp_path / name
         prepare(load_config(job_file, [f"tokenizer.path={tok_dir}", f"tokenizer.corpus={corpus}",
                                        f"data.output_dir={tmp_path / 'd'}"]), progress=False)
         return json.loads((tok_dir / INFO_FILE).read_text(encoding="utf-8"))
 
-    first = trained_on(load_config(job_file).data.sources[0].name)
-    both = trained_on("sources")
+    first = trained_on(load_config(job_file).data.sources[0].name, "tok_first")
+    both = trained_on("sources", "tok_both")
     assert both["corpus"] == "sources"
     assert both["sentences"] > first["sentences"]  # the .jsonl source's documents were added
