@@ -362,8 +362,9 @@ class FinetuneConfig:
     """examples per step."""
     max_tokens: int = 96
     """tokens per training example (prompt cut from the left, label kept)."""
-    length_bucket: int = 32
-    """training rows are padded to a multiple of this (one compiled shape per multiple)."""
+    length_buckets: list[int] = field(default_factory=lambda: [32, 64])
+    """training row widths: each row is padded to the smallest that holds it (one compiled graph
+    per width; max_tokens is always the widest, larger entries are dropped)."""
     lm_loss_weight: float = 0.5
     """weight of the auxiliary next-token loss on the prompt text (GPT fine-tuning); 0 turns it off."""
     lm_positions: int = 48
@@ -388,7 +389,10 @@ class FinetuneConfig:
         _require(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
         _require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1) (0 turns the average off)")
         _require(self.lm_loss_weight >= 0, "lm_loss_weight", self.lm_loss_weight, "must be >= 0 (0 turns it off)")
-        for name in ("steps", "batch_size", "max_tokens", "length_bucket", "lm_positions"):
+        _require(bool(self.length_buckets) and all(b >= 1 for b in self.length_buckets)
+                 and self.length_buckets == sorted(set(self.length_buckets)), "length_buckets",
+                 self.length_buckets, "give increasing widths >= 1, e.g. [32, 64, 96, 128]")
+        for name in ("steps", "batch_size", "max_tokens", "lm_positions"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         for name in ("train_examples", "eval_limit", "eval_shots"):
             _require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
@@ -571,5 +575,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(tree: dict[str, Any]) -> JobConfig:
-    """Rebuild a JobConfig from `JobConfig.to_dict()` output (e.g. a checkpoint's copy)."""
+    """Rebuild a JobConfig from `JobConfig.to_dict()` output (e.g. a checkpoint's copy).
+
+    Checkpoints written before `finetune.length_bucket` (pad to a multiple of N) became
+    `finetune.length_buckets` (a list of widths) carry the old key: it is read as the multiples
+    of N up to `max_tokens`, the widths it meant."""
+    ft = tree.get("finetune")
+    if isinstance(ft, dict) and "length_bucket" in ft:
+        ft = dict(ft)
+        step, top = int(ft.pop("length_bucket")), int(ft.get("max_tokens", FinetuneConfig.max_tokens))
+        ft.setdefault("length_buckets", list(range(step, top, step)) + [top])
+        tree = {**tree, "finetune": ft}
     return build_dataclass(JobConfig, tree)

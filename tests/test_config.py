@@ -53,6 +53,12 @@ def test_out_of_range_value_names_dotted_key(tmp_path):
         load_config(run)
 
 
+def test_finetune_length_buckets_must_increase():
+    with pytest.raises(ConfigError, match=r"finetune\.length_buckets=\[64, 32\]: give increasing widths"):
+        load_config(None, ["finetune.length_buckets=[64, 32]"])
+    assert load_config(None, ["finetune.length_buckets=[16, 48]"]).finetune.length_buckets == [16, 48]
+
+
 def test_wrong_type_in_list_of_sources(tmp_path):
     run = write(tmp_path, "run.yaml", "data:\n  sources:\n    - name: a\n      weight: heavy\n")
     with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.weight='heavy': expected a number"):
@@ -71,6 +77,13 @@ def test_missing_file_and_cycle(tmp_path):
 def test_round_trip_through_dict():
     cfg = JobConfig()
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_checkpoint_config_with_the_old_length_bucket_key_still_loads():
+    tree = JobConfig().to_dict()
+    del tree["finetune"]["length_buckets"]
+    tree["finetune"].update(length_bucket=32, max_tokens=128)
+    assert config_from_dict(tree).finetune.length_buckets == [32, 64, 96, 128]
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "2.6b", "13b", "200b"])

@@ -167,16 +167,22 @@ def _evaluate(task: TaskConfig, lm, tok, shots: int) -> dict:
     return {"shots": shots, "accuracy": r["accuracy"], "n": r["n"], "per_label": r["per_label"]}
 
 
-def length_batches(lengths: np.ndarray, batch_size: int, bucket: int, max_tokens: int,
-                   rng: np.random.Generator):
+def bucket_widths(buckets: list[int], max_tokens: int) -> np.ndarray:
+    """The padded row widths: the entries of `buckets` below `max_tokens`, then `max_tokens`."""
+    return np.array([b for b in buckets if b < max_tokens] + [max_tokens])
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, widths: np.ndarray, rng: np.random.Generator):
     """Endless batches (indices [batch_size], padded width) of rows grouped by length.
 
-    Each row goes to the smallest multiple of `bucket` (capped at `max_tokens`) that holds it,
-    so short reviews do not pay for the padding of long ones and each width compiles once.
+    Each row goes to the smallest of `widths` (increasing; the last holds every row) that holds
+    it, so short reviews do not pay for the padding of long ones and each width compiles once.
     One epoch: every bucket shuffled and cut into batches (a bucket's last partial batch is
     topped up with other rows of the same bucket), the batches of all buckets shuffled.
     """
-    widths = np.minimum(-(-lengths // bucket) * bucket, max_tokens)
+    if lengths.max() > widths[-1]:
+        raise ValueError(f"a row of {lengths.max()} tokens is wider than the widest bucket {widths[-1]}")
+    widths = widths[np.searchsorted(widths, lengths)]
     groups = {int(w): np.flatnonzero(widths == w) for w in np.unique(widths)}
     while True:
         epoch = []
@@ -197,7 +203,7 @@ def _train(step: FinetuneStep, ids: np.ndarray, where: np.ndarray, labels: np.nd
 
     rng = np.random.default_rng(seed)
     lengths = where.max(axis=1) + 1  # input tokens of each row (its last label position + 1)
-    batches = length_batches(lengths, cfg.batch_size, cfg.length_bucket, ids.shape[1], rng)
+    batches = length_batches(lengths, cfg.batch_size, bucket_widths(cfg.length_buckets, ids.shape[1]), rng)
     masks = {}  # width -> (positions, plain causal mask): one example per row
     losses = []
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mindspore as ms
 import numpy as np
+import pytest
 from mindspore import Tensor
 
 from pangu_testing import tiny_model_config
@@ -12,7 +13,7 @@ from pangu_ms.data.dataset import eod_reset
 from pangu_ms.eval.datasets import Example
 from pangu_ms.eval.scoring import Scorer
 from pangu_ms.eval.tasks import TaskConfig
-from pangu_ms.infer.finetune import FinetuneLoss, build_rows, length_batches, lm_targets
+from pangu_ms.infer.finetune import FinetuneLoss, bucket_widths, build_rows, length_batches, lm_targets
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 
@@ -62,16 +63,21 @@ def test_lm_targets_stay_inside_each_prompt():
 
 
 def test_length_batches_group_rows_by_width_and_cover_every_row_each_epoch():
-    lengths = np.array([3, 5, 17, 31, 33, 64, 70, 100, 128, 2, 40])
-    gen = length_batches(lengths, 2, 32, 128, np.random.default_rng(0))
-    widths = np.minimum(-(-lengths // 32) * 32, 128)
-    # buckets: 32 -> 5 rows (3 batches), 64 -> 3 (2), 96 -> 1 (1), 128 -> 2 (1): 7 batches an epoch
-    epoch = [next(gen) for _ in range(7)]
+    lengths = np.array([3, 5, 17, 31, 33, 64, 70, 100, 128, 2, 40, 129, 190])
+    widths = bucket_widths([32, 64, 96, 128, 256], 192)
+    np.testing.assert_array_equal(widths, [32, 64, 96, 128, 192])  # 256 > max_tokens is dropped
+    gen = length_batches(lengths, 2, widths, np.random.default_rng(0))
+    # buckets: 32 -> 5 rows (3 batches), 64 -> 3 (2), 96 -> 1 (1), 128 -> 2 (1), 192 -> 2 (1): 8 an epoch
+    expect = {3: 32, 5: 32, 17: 32, 31: 32, 2: 32, 33: 64, 64: 64, 40: 64, 70: 96, 100: 128, 128: 128,
+              129: 192, 190: 192}
+    epoch = [next(gen) for _ in range(8)]
     seen = set()
     for batch, width in epoch:
-        assert len(batch) == 2 and (widths[batch] == width).all() and (lengths[batch] <= width).all()
+        assert len(batch) == 2 and all(expect[n] == width for n in lengths[batch])
         seen |= set(batch.tolist())
     assert seen == set(range(len(lengths)))
+    with pytest.raises(ValueError, match="wider than the widest bucket 192"):
+        next(length_batches(np.array([10, 193]), 2, widths, np.random.default_rng(0)))
 
 
 def test_weight_average_is_the_exponential_moving_average():
