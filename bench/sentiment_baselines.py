@@ -1,7 +1,7 @@
 """Non-neural reference accuracies for the built-in sentiment task, to put fine-tuning in context.
 
 Two classic text classifiers over character n-grams of the same review text the task scores
-(the first `max_text_chars` characters, 100 in ascend_configs/tasks/sentiment.yaml):
+(the first `max_text_chars` characters, 180 in ascend_configs/tasks/sentiment.yaml):
 - `naive_bayes`: binarized multinomial naive Bayes (each distinct character 1-2-gram of a review
   counts once), add-one smoothing (NumPy only);
 - `tfidf_logreg`: logistic regression (C=4) on sublinear TF-IDF character 1-3-grams seen in at
@@ -82,8 +82,13 @@ def splits(max_chars: int) -> dict[str, tuple[list, list]]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--max-chars", type=int, default=100, help="characters of each review (0: whole reviews)")
+    p.add_argument("--max-chars", type=int, default=None,
+                   help="characters of each review (default: the sentiment task's max_text_chars; 0: whole reviews)")
     args = p.parse_args(argv)
+    if args.max_chars is None:
+        from pangu_ms.eval.tasks import load_task
+
+        args.max_chars = load_task("sentiment").max_text_chars
     for split, (train, test) in splits(args.max_chars).items():
         for name, fit in (("naive_bayes", naive_bayes), ("tfidf_logreg", tfidf_logreg)):
             line = {"split": split, "classifier": name, "max_chars": args.max_chars,
