@@ -67,7 +67,7 @@ def tfidf_logreg(train: list[tuple[str, str]], test: list[tuple[str, str]]) -> f
 
 
 def splits(max_chars: int) -> dict[str, tuple[list, list]]:
-    from pangu_ms.eval.datasets import load_split
+    from pangu_ms.data.labelled import load_split
 
     def rows(split: str) -> list[tuple[str, str]]:
         return [(e.text[:max_chars] if max_chars else e.text, e.label)

@@ -74,7 +74,7 @@ def upstream_loop(sp, texts: list[str]) -> list[list[int]]:
 def cold_segmenter() -> None:
     """Start pangu_ms segmentation with empty caches (dictionary tables prebuilt, not timed)."""
     import pangu_ms.tokenizer as tokmod
-    from pangu_ms.data.segment import FastJieba
+    from pangu_ms.tokenizer.fast_jieba import FastJieba
 
     tokmod._SEGMENTER = FastJieba(translate=tokmod._TRANSLATE)
 

@@ -7,7 +7,7 @@
 #   launch/run_distributed.sh --backend cpu --config RUN.yaml [--workers N] [--set KEY=VALUE]... [--dry-run]
 #       (data-parallel CPU workers under msrun: delegates to launch/run_msrun.sh)
 #
-# Before starting anything, `python -m pangu_ms.cli.preflight` checks that the table parses,
+# Before starting anything, `python -m pangu_ms preflight` checks that the table parses,
 # that its rank count equals the config's dp*mp*pp, that the config validates and that the
 # training data exists. Each rank gets RANK_TABLE_FILE, RANK_ID, DEVICE_ID and RANK_SIZE and runs
 # `python -m pangu_ms pretrain --config RUN.yaml`; its log and pid go to DIR/rank_<id>.{log,pid}
@@ -58,7 +58,7 @@ set_args=()
 for s in "${SETS[@]}"; do set_args+=(--set "$s"); done
 
 # ---- pre-flight: nothing is started unless every check passes
-if ! plan="$("$PY" -m pangu_ms.cli.preflight --config "$CONFIG" --rank-table "$RANK_TABLE" \
+if ! plan="$("$PY" -m pangu_ms preflight --config "$CONFIG" --rank-table "$RANK_TABLE" \
       --server-index "$SERVER_INDEX" "${set_args[@]}")"; then
   echo "launch aborted: pre-flight checks failed, no process was started" >&2
   exit 2

@@ -10,7 +10,7 @@
 # Defaults: --worker-num = the config's dp*mp*pp, --local-worker-num = --worker-num,
 # --master-addr 127.0.0.1, --master-port 8118, --node-rank 0, --cluster-timeout 600,
 # --log-dir runs/msrun/<time>. `--backend` sets run.device (ascend -> Ascend, cpu -> CPU).
-# Before starting, `python -m pangu_ms.cli.preflight` checks that the config validates, that
+# Before starting, `python -m pangu_ms preflight` checks that the config validates, that
 # the worker count equals dp*mp*pp and that the training data exists. Worker logs:
 # DIR/worker_<rank>.log, scheduler log: DIR/scheduler.log.
 set -euo pipefail
@@ -57,7 +57,7 @@ for s in "${SETS[@]}"; do set_args+=(--set "$s"); done
 pf=(--config "$CONFIG" "${set_args[@]}")
 [ -n "$WORKER_NUM" ] && pf+=(--workers "$WORKER_NUM")
 [ -n "$LOCAL_WORKER_NUM" ] && pf+=(--local-workers "$LOCAL_WORKER_NUM")
-if ! plan="$("$PY" -m pangu_ms.cli.preflight "${pf[@]}")"; then
+if ! plan="$("$PY" -m pangu_ms preflight "${pf[@]}")"; then
   echo "launch aborted: pre-flight checks failed, no process was started" >&2
   exit 2
 fi

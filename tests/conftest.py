@@ -23,7 +23,10 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 
 import mindspore as ms  # noqa: E402
 
-from pangu_testing import tiny_model_config  # noqa: E402
+from pangu_testing import LM_SEQ, tiny_model_config  # noqa: E402
+from pangu_ms.config import ModelConfig  # noqa: E402
+
+pytest_plugins = ["cluster_fixtures"]
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
@@ -37,3 +40,33 @@ def repo_root() -> Path:
 @pytest.fixture()
 def tiny_cfg() -> ModelConfig:
     return tiny_model_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A randomly initialised `PanguAlphaLM` of the tiny test shape (seq LM_SEQ), eval mode."""
+    from pangu_ms.models.pangu_alpha import PanguAlphaLM
+
+    ms.set_seed(7)
+    lm = PanguAlphaLM(tiny_model_config(seq_length=LM_SEQ))
+    lm.set_train(False)
+    return lm
+
+
+@pytest.fixture(scope="session")
+def pd_docs() -> list[str]:
+    """The first 200 People's Daily articles (the built-in corpus)."""
+    from pangu_ms.data.corpora import load_peoples_daily
+
+    return load_peoples_daily()[:200]
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer(tmp_path_factory, pd_docs):
+    """A 2000-piece tokenizer trained once per session on the first 60 People's Daily articles."""
+    from pangu_ms.config import TokenizerConfig
+    from pangu_ms.tokenizer import segment_batch, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    cfg = TokenizerConfig(path=str(out), vocab_size=2000, character_coverage=0.99, corpus="peoples_daily_1998")
+    return train_tokenizer(cfg, out, segmented=segment_batch(pd_docs[:60], 1))

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pangu_ms.config import ModelConfig
 
+LM_SEQ = 16
+"""sequence length of the shared `tiny_lm` fixture."""
+
 
 def tiny_model_config(**overrides) -> ModelConfig:
     """A very small PanGu-alpha for numerics and unit tests (not the 5M `tiny` YAML model)."""

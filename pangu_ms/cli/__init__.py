@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "finetune",
     "plan": "plan",
     "rank-table": "rank_table",
+    "preflight": "preflight",
 }
 
 

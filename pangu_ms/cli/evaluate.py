@@ -25,23 +25,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(task, job, lm, tok, *, shots: int | None = None, batch_size: int = 8) -> dict:
-    """Run one task on a loaded model; returns the result dict the CLI prints."""
-    from pangu_ms.eval.runner import classify, generate_task, heldout_perplexity
-    from pangu_ms.eval.scoring import Scorer
-
-    k = task.shots if shots is None else shots
-    result = {"task": task.name, "type": task.type, "shots": k}
-    if task.type == "classification":
-        result.update(classify(task, Scorer(lm, batch_size=batch_size), tok, k))
-    elif task.type == "generation":
-        result.update(generate_task(task, lm, tok, k, batch_size=min(batch_size, 4)))
-    else:
-        result.pop("shots")
-        result.update(heldout_perplexity(task, job, Scorer(lm, batch_size=batch_size), tok))
-    return result
-
-
 def format_result(r: dict) -> str:
     """One human-readable line per result."""
     head = f"{r['task']} ({r['type']}{', %d-shot' % r['shots'] if 'shots' in r else ''}, n={r.get('n', r.get('rows'))})"
@@ -54,8 +37,9 @@ def format_result(r: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from pangu_ms.errors import ConfigError
+    from pangu_ms.eval.runner import evaluate
     from pangu_ms.eval.tasks import load_task
-    from pangu_ms.infer.runtime import setup_context
+    from pangu_ms.runtime import setup_context
     from pangu_ms.train.checkpoint import load_for_inference
 
     task = load_task(args.task)

@@ -26,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
     import mindspore as ms
 
     from pangu_ms.config import load_config
-    from pangu_ms.infer.runtime import setup_context
+    from pangu_ms.runtime import setup_context
     from pangu_ms.errors import ConfigError
-    from pangu_ms.infer.finetune import finetune
+    from pangu_ms.finetune.run import finetune
 
     job = load_config(args.config, args.overrides)
     setup_context(job.run)

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from pangu_ms.infer.decoder import IncrementalDecoder
     from pangu_ms.infer.generate import generate
     from pangu_ms.infer.sampling import SamplingParams
-    from pangu_ms.infer.runtime import setup_context
+    from pangu_ms.runtime import setup_context
     from pangu_ms.train.checkpoint import load_for_inference
 
     try:

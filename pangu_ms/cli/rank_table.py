@@ -10,16 +10,13 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import re
-from pathlib import Path
 
-from pangu_ms.launch import sources
-from pangu_ms.launch.rank_table import (RankTable, RankTableError, Server, Device, check_server_id, load_table,
-                                        merge_tables, renumber, write_table)
-from pangu_ms.launch.superpod import __doc__ as SUPERPOD_DOC
-from pangu_ms.launch.superpod import load_superpod_input
+from pangu_ms.cluster import sources
+from pangu_ms.cluster.build import build_server_table, check_explicit_order, device_ips, summary
+from pangu_ms.cluster.rank_table import RankTableError, load_table, merge_tables, write_table
+from pangu_ms.cluster.superpod import __doc__ as SUPERPOD_DOC
+from pangu_ms.cluster.superpod import load_superpod_input
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,67 +56,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _device_ips(args: argparse.Namespace, ids: list[int]) -> dict[int, str]:
-    if args.ips:
-        return sources.ips_from_list(args.ips, ids)
-    if args.hccn_tool_output:
-        text = Path(args.hccn_tool_output)
-        if not text.is_file():
-            raise RankTableError(f"hccn_tool output file not found: {text}")
-        return sources.parse_hccn_tool_output(text.read_text(encoding="utf-8"), ids, str(text))
-    if args.hccn_tool:
-        return sources.ips_from_hccn_tool(ids)
-    if args.hccn_conf:
-        return sources.ips_from_hccn_conf(args.hccn_conf, ids)
-    if Path(sources.HCCN_CONF).is_file():
-        return sources.ips_from_hccn_conf(sources.HCCN_CONF, ids)
-    try:
-        return sources.ips_from_hccn_tool(ids)
-    except RankTableError as exc:
-        raise RankTableError(f"no device IP source: {sources.HCCN_CONF} does not exist and {exc}") from None
-
-
-def build_server_table(*, server_id: str | None, device_ids: list[int], ips: dict[int, str]) -> RankTable:
-    """One server's version 1.0 table (ranks 0..n-1)."""
-    sid = check_server_id(server_id, "--server-id") if server_id else sources.detect_server_id()
-    devices = [Device(device_id=i, device_ip=ips[i]) for i in device_ids]
-    return renumber(RankTable(servers=[Server(server_id=sid, devices=devices)], version="1.0"))
-
-
-def check_explicit_order(paths: list[str], *, as_given: bool = False) -> None:
-    """Refuse merge inputs whose order may be an accident of a shell glob or a directory listing."""
-    for p in paths:
-        if Path(p).is_dir():
-            raise RankTableError(f"{p} is a directory: list the server tables in rank order, "
-                                 f"e.g. merge {p}/server0.json {p}/server1.json ... --out rank_table.json")
-        if glob.has_magic(p) and not Path(p).exists():
-            raise RankTableError(f"{p!r} is a wildcard pattern: its expansion order is not a rank order; "
-                                 "list the tables explicitly in the order ranks should be numbered")
-
-    def natural(s: str) -> list:
-        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-    want = sorted(paths, key=natural)
-    if not as_given and paths == sorted(paths) and want != paths:
-        first = next(i for i, (a, b) in enumerate(zip(paths, want)) if a != b)
-        raise RankTableError(
-            f"the tables are in alphabetical order, which puts {paths[first]} before {want[first]}: this looks "
-            f"like a shell glob. List them in rank order ({' '.join(want)}) or pass --as-given if this order "
-            "is intended")
-
-
-def summary(table: RankTable) -> dict:
-    """Servers, devices and ranks of a table (for `check` and the launch pre-flight)."""
-    return {"version": table.version, "server_count": len(table.servers), "rank_size": table.rank_size,
-            "servers": [{"index": i, "server_id": s.server_id, "super_pod_id": s.super_pod_id,
-                         "devices": [d.device_id for d in s.devices], "ranks": [d.rank_id for d in s.devices]}
-                        for i, s in enumerate(table.servers)]}
-
-
 def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         ids = sources.parse_devices(args.devices)
-        table = build_server_table(server_id=args.server_id, device_ids=ids, ips=_device_ips(args, ids))
+        ips = device_ips(ids, ips=args.ips, hccn_tool_output=args.hccn_tool_output, hccn_tool=args.hccn_tool,
+                         hccn_conf=args.hccn_conf)
+        table = build_server_table(server_id=args.server_id, device_ids=ids, ips=ips)
     elif args.action == "merge":
         check_explicit_order(args.tables, as_given=args.as_given)
         table = merge_tables([(p, load_table(p)) for p in args.tables])

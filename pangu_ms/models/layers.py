@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import mindspore as ms
-import mindspore.ops as ops
 from mindspore import Parameter, nn
 from mindspore.common.initializer import Normal, One, Zero, initializer
 from mindspore.ops import operations as P

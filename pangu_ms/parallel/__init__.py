@@ -6,7 +6,7 @@
 - `parallelize(model, plan, parallel)`: the only code that mutates Cells for
   parallelism (shard strategies, pipeline stages, recompute, comm fusion, loss swap).
 - `parallelize_job(model, job, info)`: the above with the job's plan on the mesh in use.
-- `pangu_ms.parallel.ascend`: the Ascend train step (Pipeline/GradAccumulation, loss scale).
+- `pangu_ms.train.ascend`: the Ascend train step (Pipeline/GradAccumulation, loss scale).
 - `RankLayout`: rank <-> (stage, dp, mp) and communication groups.
 """
 from pangu_ms.parallel.context import ParallelInfo, init_parallel

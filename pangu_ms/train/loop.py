@@ -23,6 +23,7 @@ import numpy as np
 
 from pangu_ms.config import JobConfig
 from pangu_ms.errors import ConfigError, DataError
+from pangu_ms.runtime import setup_context
 from pangu_ms.train import checkpoint as ckpt
 from pangu_ms.train.metrics import MetricsLog, plot_loss, summary_text, unigram_entropy
 from pangu_ms.train.optimizer import build_optimizer, lr_at
@@ -61,13 +62,6 @@ def _batches(dataset, epochs: int) -> Iterator[tuple]:
             yield tuple(batch)
         if not yielded:
             raise RuntimeError("training dataset produced no batch")
-
-
-def _setup_context(job: JobConfig) -> None:
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE if job.run.mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(job.run.device)
 
 
 def token_counts(files: list[str], vocab_size: int) -> np.ndarray:
@@ -134,11 +128,11 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     """Train `job` and return the summary (also written to `<output_dir>/summary.json`)."""
     import mindspore as ms
 
-    from pangu_ms.data.prepare import shard_files
+    from pangu_ms.data.shards import shard_files
     from pangu_ms.parallel.context import init_parallel
 
     t_start = time.time()
-    _setup_context(job)
+    setup_context(job.run)
     info = init_parallel(job)
     ms.set_seed(job.run.seed)
     run_dir = Path(job.run.output_dir)
@@ -193,7 +187,7 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
     net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
     optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
     if info.mode == "semi_auto_parallel":  # global-batch semantics: every rank feeds the whole batch
-        from pangu_ms.parallel.ascend import ascend_train_cell
+        from pangu_ms.train.ascend import ascend_train_cell
 
         trainer = _AscendTrainer(ascend_train_cell(net, optimizer, job, info.parallel), optimizer)
         return net, trainer, dict(batch_size=job.train.global_batch_size, num_shards=1, shard_id=0)

@@ -78,7 +78,7 @@ def test_read_json_lines_is_strict_and_names_the_line(tmp_path):
 
 
 def test_shopping_reviews_corpus_leaves_out_the_sentiment_test_split():
-    from pangu_ms.eval.datasets import normalise, sentiment_splits
+    from pangu_ms.data.labelled import normalise, sentiment_splits
 
     splits = sentiment_splits()
     docs = load_documents("shopping_reviews")

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from pangu_ms.config import load_config
-from pangu_ms.data.dataset import count_rows
+from pangu_ms.data.shards import count_rows
 from pangu_ms.data.packing import mixing_plan, pack_rows, select_documents
-from pangu_ms.data.prepare import prepare, read_manifest, shard_files
+from pangu_ms.data.prepare import prepare
+from pangu_ms.data.shards import read_manifest, shard_files
 from pangu_ms.errors import DataError
 from pangu_ms.tokenizer import PanguTokenizer, save_tokenizer
 

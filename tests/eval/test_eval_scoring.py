@@ -11,7 +11,7 @@ from mindspore import Tensor
 from pangu_testing import tiny_model_config
 from pangu_ms.errors import ConfigError, DataError
 from pangu_ms.eval import metrics
-from pangu_ms.eval.datasets import Example, sentiment_splits
+from pangu_ms.data.labelled import Example, sentiment_splits
 from pangu_ms.eval.runner import DemoSampler, build_prompt, classify, generate_task
 from pangu_ms.eval.scoring import Scorer
 from pangu_ms.eval.tasks import TaskConfig, load_task

@@ -9,7 +9,6 @@ import pytest
 from mindspore import Tensor
 
 from pangu_testing import tiny_model_config
-from infer_fixtures import no_compile_cache  # noqa: F401 (fixture)
 from pangu_ms.cli import main
 from pangu_ms.config import JobConfig, TokenizerConfig
 from pangu_ms.models.pangu_alpha import PanguAlphaLM, PanguAlphaWithLoss
@@ -19,7 +18,7 @@ from pangu_ms.models.pangu_alpha import PanguAlphaLM, PanguAlphaWithLoss
 def tiny_run(tmp_path_factory):
     """A run directory with one checkpoint of a random tiny model and a small real tokenizer."""
     from pangu_ms.data.packing import pack_rows, write_shards
-    from pangu_ms.eval.datasets import sentiment_splits
+    from pangu_ms.data.labelled import sentiment_splits
     from pangu_ms.tokenizer import segment_batch, train_tokenizer
     from pangu_ms.train.checkpoint import save
 
@@ -83,7 +82,7 @@ def test_eval_heldout_perplexity_equals_model_loss(tiny_run, capsys):
     import mindspore.dataset as ds
 
     from pangu_ms.data.dataset import eod_reset
-    from pangu_ms.data.prepare import shard_files
+    from pangu_ms.data.shards import shard_files
     from pangu_ms.models.pangu_alpha import CrossEntropy
     from pangu_ms.train.checkpoint import load_for_inference
 
@@ -125,7 +124,7 @@ class _Fresh(ms.nn.Cell):
 
 
 def test_lora_starts_at_base_and_merges_exactly():
-    from pangu_ms.infer.lora import apply_lora, merge_lora
+    from pangu_ms.finetune.lora import apply_lora, merge_lora
 
     ms.set_seed(5)
     lm = PanguAlphaLM(tiny_model_config())

@@ -5,7 +5,6 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
-from infer_fixtures import no_compile_cache, tiny_lm  # noqa: F401 (fixtures)
 from pangu_ms.infer.decoder import IncrementalDecoder, left_pad
 from pangu_ms.infer.export import export_mindir
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
-from infer_fixtures import SEQ, no_compile_cache, tiny_lm  # noqa: F401 (fixtures)
+from pangu_testing import LM_SEQ as SEQ
 from pangu_ms.infer.decoder import CacheFullError, GenerationError, IncrementalDecoder, left_pad
 
 

@@ -109,7 +109,7 @@ def fake_python(tmp_path: Path, fail_rank: str) -> Path:
     """An interpreter stand-in: pre-flight runs for real, 'training' sleeps, one rank fails."""
     exe = tmp_path / "fakepy"
     exe.write_text(f"""#!/usr/bin/env bash
-if [ "$2" = pangu_ms.cli.preflight ]; then exec {shlex.quote(PY)} "$@"; fi
+if [ "$2" = pangu_ms ] && [ "$3" = preflight ]; then exec {shlex.quote(PY)} "$@"; fi
 echo "rank $RANK_ID device $DEVICE_ID of $RANK_SIZE table $RANK_TABLE_FILE args $*"
 if [ "$RANK_ID" = "{fail_rank}" ]; then sleep 1; echo "boom" >&2; exit 3; fi
 exec sleep 60

@@ -165,7 +165,7 @@ def test_ascend_train_step_wraps_micro_batches():
     from mindspore.parallel.nn import GradAccumulation, Pipeline
 
     from pangu_ms.config import JobConfig, TrainConfig
-    from pangu_ms.parallel.ascend import ascend_train_cell
+    from pangu_ms.train.ascend import ascend_train_cell
 
     cfg = tiny_model_config()
     for parallel, accum, kind in ((ParallelConfig(mp=2, pp=2, micro_batches=4), 1, Pipeline),

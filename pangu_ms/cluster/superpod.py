@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pangu_ms.launch.rank_table import Device, RankTable, RankTableError, Server, renumber, validate_table
+from pangu_ms.cluster.rank_table import Device, RankTable, RankTableError, Server, renumber, validate_table
 
 _POD_KEYS = {"super_pod_id", "servers"}
 _SERVER_KEYS = {"server_id", "host_ip", "devices"}

@@ -19,7 +19,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from pangu_ms.launch.rank_table import MAX_DEVICE_ID, RankTableError
+from pangu_ms.cluster.rank_table import MAX_DEVICE_ID, RankTableError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ while training (`finetune.dropout`) and an exponential moving average of the wei
 (`finetune.ema_decay`, Polyak averaging), which is what gets evaluated and saved.
 
 `method: full` updates every weight; `method: lora` trains low-rank adapters on the attention
-projections (pangu_ms.infer.lora) and merges them into the weights before saving. The result
+projections (pangu_ms.finetune.lora) and merges them into the weights before saving. The result
 is a normal checkpoint (`<run.output_dir>/checkpoints/step_XXXXXXXX/`) that `generate` and
 `eval` load like any other.
 """
@@ -27,37 +27,13 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from pangu_ms.config import JobConfig
-from pangu_ms.eval.datasets import Example, load_split
+from pangu_ms.data.labelled import load_split
 from pangu_ms.eval.tasks import TaskConfig
-from pangu_ms.models.pangu_alpha import CrossEntropy, PanguAlphaLM
+from pangu_ms.finetune.ema import EMA_EVERY, WeightAverage
+from pangu_ms.finetune.loss import FinetuneLoss, with_dropout
+from pangu_ms.finetune.rows import bucket_widths, build_rows, length_batches, lm_targets
 
 log = logging.getLogger(__name__)
-
-
-class FinetuneLoss(nn.Cell):
-    """(ids [B, S], position ids [B, S], mask [B, S, S], label_rows [B*K], labels [B*K],
-    lm_rows [B*J], lm_labels [B*J]) -> loss [].
-
-    The loss is the mean NLL of the label tokens plus `lm_weight` times the mean NLL of J
-    sampled next tokens of the prompt text: the auxiliary language-modelling objective of
-    GPT fine-tuning (Radford et al. 2018), which keeps the model learning the task's domain
-    while the label signal is still one bit per example. `*_rows` index the flattened [B*S]
-    positions; pad labels count for nothing. Shares `lm`'s weights (names unchanged).
-    """
-
-    def __init__(self, lm: PanguAlphaLM, lm_weight: float = 0.0):
-        super().__init__(auto_prefix=False)
-        self.lm = lm
-        self.loss = CrossEntropy(lm.config)
-        self.gather = ops.Gather()
-        self.lm_weight = float(lm_weight)
-
-    def construct(self, input_ids, position_ids, attention_mask, label_rows, labels, lm_rows, lm_labels):
-        h = self.lm.backbone(input_ids, position_ids, attention_mask)  # [B*S, H]
-        loss = self.loss(self.lm.logits(self.gather(h, label_rows, 0)), labels)  # logits [B*K, V]
-        if self.lm_weight > 0:
-            loss = loss + self.lm_weight * self.loss(self.lm.logits(self.gather(h, lm_rows, 0)), lm_labels)
-        return loss
 
 
 class FinetuneStep(nn.Cell):
@@ -80,84 +56,6 @@ class FinetuneStep(nn.Cell):
         return ops.depend(loss, self.optimizer(grads))
 
 
-class WeightAverage:
-    """Exponential moving average of `params`, kept in NumPy float32 next to the live weights.
-
-    update() folds the current values in: avg <- decay * avg + (1 - decay) * current (the first
-    call starts the average at the current values); copy_to_params() writes the average into
-    the parameters (nothing happens before the first update).
-    """
-
-    def __init__(self, params: list, decay: float):
-        self.params, self.decay, self.avg = list(params), float(decay), None
-        self.updates = 0
-
-    def update(self) -> None:
-        current = [p.asnumpy().astype(np.float32) for p in self.params]  # astype copies
-        if self.avg is None:
-            self.avg = current
-        else:
-            for a, c in zip(self.avg, current):
-                a *= self.decay
-                a += (1.0 - self.decay) * c
-        self.updates += 1
-
-    def copy_to_params(self) -> None:
-        if self.avg is not None:
-            for p, a in zip(self.params, self.avg):
-                p.set_data(Tensor(a, dtype=p.dtype))
-
-
-EMA_EVERY = 4  # steps between average updates (each uses decay ema_decay**4): fewer host copies of the weights
-
-
-def with_dropout(lm: PanguAlphaLM, dropout: float) -> PanguAlphaLM:
-    """The same model and weights, rebuilt with `dropout` (nn.Dropout is fixed at build time)."""
-    import mindspore as ms
-
-    if dropout == lm.config.dropout:
-        return lm
-    out = PanguAlphaLM(dataclasses.replace(lm.config, dropout=dropout))
-    missing, _ = ms.load_param_into_net(out, {p.name: p for p in lm.get_parameters()}, strict_load=True)
-    if missing:
-        raise RuntimeError(f"rebuilding the model with dropout={dropout} left weights unset: {missing[:3]}")
-    return out
-
-
-def lm_targets(ids: np.ndarray, first: np.ndarray, count: int, pad_id: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`count` random positions per row inside its prompt and the tokens that follow them.
-
-    ids [B, S] right-padded rows, first [B] the position that predicts the first label token
-    (prompt tokens are ids[:, :first + 1]) -> positions [B, count] and targets [B, count]
-    (pad_id for rows whose prompt is a single token).
-    """
-    pos = (rng.random((len(ids), count)) * first[:, None]).astype(np.int64)  # in [0, first)
-    targets = np.take_along_axis(ids, pos + 1, axis=1)
-    return pos.astype(np.int32), np.where(first[:, None] > 0, targets, pad_id).astype(np.int32)
-
-
-def build_rows(examples: list[Example], task: TaskConfig, tok, *, max_tokens: int,
-               pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Right-padded inputs [N, max_tokens], the positions predicting label tokens [N, K] and
-    those label tokens [N, K] (K = longest label; shorter labels padded with pad_id)."""
-    conts = {k: tok.encode(task.render("", w)[1]) for k, w in task.labels.items()}
-    k_max = max(len(c) for c in conts.values())
-    n = len(examples)
-    ids = np.full((n, max_tokens), pad_id, np.int32)
-    where = np.zeros((n, k_max), np.int32)
-    labels = np.full((n, k_max), pad_id, np.int32)
-    for r, e in enumerate(examples):
-        c = conts[e.label]
-        head = tok.encode(task.render(e.text)[0]) or [tok.eod_id]
-        seq = head[-(max_tokens + 1 - len(c)):] + c  # <= max_tokens + 1 tokens
-        ids[r, :len(seq) - 1] = seq[:-1]
-        first = len(seq) - 1 - len(c)  # input position whose next token is c[0]
-        where[r, :len(c)] = np.arange(first, first + len(c))
-        labels[r, :len(c)] = c
-    return ids, where, labels
-
-
 def _evaluate(task: TaskConfig, lm, tok, shots: int) -> dict:
     from pangu_ms.eval.runner import classify
     from pangu_ms.eval.scoring import Scorer
@@ -165,34 +63,6 @@ def _evaluate(task: TaskConfig, lm, tok, shots: int) -> dict:
     r = classify(task, Scorer(lm, batch_size=16), tok, shots)
     log.info("%s %d-shot accuracy %.4f (n=%d)", task.name, shots, r["accuracy"], r["n"])
     return {"shots": shots, "accuracy": r["accuracy"], "n": r["n"], "per_label": r["per_label"]}
-
-
-def bucket_widths(buckets: list[int], max_tokens: int) -> np.ndarray:
-    """The padded row widths: the entries of `buckets` below `max_tokens`, then `max_tokens`."""
-    return np.array([b for b in buckets if b < max_tokens] + [max_tokens])
-
-
-def length_batches(lengths: np.ndarray, batch_size: int, widths: np.ndarray, rng: np.random.Generator):
-    """Endless batches (indices [batch_size], padded width) of rows grouped by length.
-
-    Each row goes to the smallest of `widths` (increasing; the last holds every row) that holds
-    it, so short reviews do not pay for the padding of long ones and each width compiles once.
-    One epoch: every bucket shuffled and cut into batches (a bucket's last partial batch is
-    topped up with other rows of the same bucket), the batches of all buckets shuffled.
-    """
-    if lengths.max() > widths[-1]:
-        raise ValueError(f"a row of {lengths.max()} tokens is wider than the widest bucket {widths[-1]}")
-    widths = widths[np.searchsorted(widths, lengths)]
-    groups = {int(w): np.flatnonzero(widths == w) for w in np.unique(widths)}
-    while True:
-        epoch = []
-        for w, idx in groups.items():
-            idx = rng.permutation(idx)
-            short = -len(idx) % batch_size
-            idx = np.concatenate([idx, rng.choice(idx, short)]) if short else idx
-            epoch += [(idx[i:i + batch_size], w) for i in range(0, len(idx), batch_size)]
-        for k in rng.permutation(len(epoch)):
-            yield epoch[k]
 
 
 def _train(step: FinetuneStep, ids: np.ndarray, where: np.ndarray, labels: np.ndarray, cfg, *,
@@ -244,7 +114,7 @@ def _optimizer(params: list, job: JobConfig, steps: int) -> nn.Optimizer:
 def finetune(job: JobConfig) -> dict:
     """Fine-tune `job.finetune.init` on `job.finetune.task`; returns the results dict."""
     from pangu_ms.eval.tasks import load_task
-    from pangu_ms.infer.lora import apply_lora, merged_weights
+    from pangu_ms.finetune.lora import apply_lora, merged_weights
     from pangu_ms.train.checkpoint import load_for_inference
 
     ft = job.finetune

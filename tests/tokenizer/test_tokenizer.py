@@ -9,7 +9,7 @@ import jieba
 import pytest
 
 from pangu_ms.config import TokenizerConfig
-from pangu_ms.data.segment import FastJieba
+from pangu_ms.tokenizer.fast_jieba import FastJieba
 from pangu_ms.errors import DataError
 from pangu_ms.tokenizer import SPECIAL_PIECES, PanguTokenizer, segment_batch, train_tokenizer
 
@@ -82,7 +82,7 @@ def test_fast_hmm_is_exact(pd_docs):
 
     import jieba.finalseg
 
-    from pangu_ms.data.segment import hmm_cut
+    from pangu_ms.tokenizer.fast_jieba import hmm_cut
 
     chars = "".join(pd_docs[:50]) + "ＡＢ12ab．％"
     rng = random.Random(0)
@@ -162,7 +162,12 @@ def test_cli_train_bpe(tmp_path, pd_docs, capsys):
     assert main(["tokenizer", "train", "--corpus", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")]) == 2
 
 
-def test_sources_corpus_outside_prepare_is_refused(tmp_path):
+def test_sources_corpus_outside_prepare_is_refused(tmp_path, capsys):
+    from pangu_ms.cli import main
+    from pangu_ms.data.corpora import load_documents
+
     with pytest.raises(DataError, match="only works in `prepare`"):
-        train_tokenizer(TokenizerConfig(corpus="sources", vocab_size=100), tmp_path / "tok")
+        load_documents("sources")
+    assert main(["tokenizer", "train", "--corpus", "sources", "--out", str(tmp_path / "tok")]) == 2
+    assert "only works in `prepare`" in capsys.readouterr().err
     assert not (tmp_path / "tok").exists()

@@ -1,6 +1,6 @@
 """Pre-flight checks the launchers run before starting any training process.
 
-`preflight(...)` (run by the launchers as `python -m pangu_ms.cli.preflight --config C
+`preflight(...)` (run by the launchers as `python -m pangu_ms preflight --config C
 [--set K=V ...] (--rank-table T --server-index I | --workers N [--local-workers L])`) checks,
 in order:
 
@@ -11,10 +11,10 @@ in order:
 3. the number of ranks (table ranks, or msrun workers) equals the config's dp*mp*pp (a config
    left at dp=mp=pp=1 runs N-way data parallel, as `pretrain` does);
 4. the parallel layout fits the model and batch (`pangu_ms.parallel.validate`);
-5. the prepared training data exists (`pangu_ms.data.prepare.shard_files`).
+5. the prepared training data exists (`pangu_ms.data.shards.shard_files`).
 
 It returns what to start on this machine, or raises a `PanguError` naming the problem;
-`pangu_ms.cli.preflight` turns that into the lines the shell scripts read.
+`python -m pangu_ms preflight` turns that into the lines the shell scripts read.
 """
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ from pathlib import Path
 
 from pangu_ms.config import JobConfig, load_config
 from pangu_ms.errors import ConfigError, DataError
-from pangu_ms.launch.rank_table import RankTableError, load_table
-from pangu_ms.launch.sources import local_addresses
+from pangu_ms.cluster.rank_table import RankTableError, load_table
+from pangu_ms.cluster.sources import local_addresses
+from pangu_ms.parallel.context import effective_parallel
+from pangu_ms.parallel.validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +52,10 @@ class LaunchPlan:
 def check_layout(job: JobConfig, world: int, source: str) -> str:
     """dp*mp*pp == world (or a dp-only config left at 1), then the full parallel validation."""
     p = job.parallel
-    try:
-        from pangu_ms.parallel.context import effective_parallel
-        from pangu_ms.parallel.validate import validate
-    except ImportError:  # hook: without the parallel package only the device count is checked
-        effective_parallel = validate = None
-    if p.devices != world and (effective_parallel is None or p.devices != 1):
+    if p.devices != world and p.devices != 1:
         raise ConfigError(f"the config's parallel.dp*mp*pp = {p.dp}*{p.mp}*{p.pp} = {p.devices} but {source} has "
                           f"{world} rank(s): make them equal, e.g. --set parallel.dp={max(1, world // (p.mp * p.pp))}"
                           f" (if {world} is divisible by mp*pp={p.mp * p.pp})")
-    if validate is None:
-        return f"devices: dp*mp*pp = {p.devices} = {source} ranks (parallel.validate not available)"
     note = ""
     if p.devices != world:  # the same rule pretrain applies (pangu_ms.parallel.context.effective_parallel)
         p = effective_parallel(p, world)
@@ -101,7 +96,7 @@ def check_data(job: JobConfig) -> str:
     """The training shards `prepare` wrote under data.output_dir exist."""
     out = job.data.output_dir
     try:
-        from pangu_ms.data.prepare import shard_files
+        from pangu_ms.data.shards import shard_files
     except ImportError:
         files = sorted(f for f in glob.glob(os.path.join(out, "train", "train.mindrecord*")) if not f.endswith(".db"))
         if not files:

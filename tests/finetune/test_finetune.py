@@ -8,12 +8,12 @@ import pytest
 from mindspore import Tensor
 
 from pangu_testing import tiny_model_config
-from infer_fixtures import no_compile_cache  # noqa: F401 (fixture)
 from pangu_ms.data.dataset import eod_reset
-from pangu_ms.eval.datasets import Example
+from pangu_ms.data.labelled import Example
 from pangu_ms.eval.scoring import Scorer
 from pangu_ms.eval.tasks import TaskConfig
-from pangu_ms.infer.finetune import FinetuneLoss, bucket_widths, build_rows, length_batches, lm_targets
+from pangu_ms.finetune.loss import FinetuneLoss
+from pangu_ms.finetune.rows import bucket_widths, build_rows, length_batches, lm_targets
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 
@@ -83,7 +83,7 @@ def test_length_batches_group_rows_by_width_and_cover_every_row_each_epoch():
 def test_weight_average_is_the_exponential_moving_average():
     from mindspore import Parameter
 
-    from pangu_ms.infer.finetune import WeightAverage
+    from pangu_ms.finetune.ema import WeightAverage
 
     w = Parameter(Tensor(np.zeros((3, 2), np.float32)), name="w")
     avg = WeightAverage([w], decay=0.5)
@@ -103,7 +103,7 @@ def test_weight_average_is_the_exponential_moving_average():
 def test_with_dropout_keeps_the_weights_and_only_drops_in_training():
     """The fine-tune flow: the rebuilt model trains with dropout (the loss is random), and its
     evaluation afterwards (a fresh Scorer in eval mode) equals the original model's."""
-    from pangu_ms.infer.finetune import with_dropout
+    from pangu_ms.finetune.loss import with_dropout
 
     ms.set_seed(3)
     lm = PanguAlphaLM(tiny_model_config(seq_length=16))

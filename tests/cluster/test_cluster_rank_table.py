@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from pangu_ms.cli import main
-from pangu_ms.launch import sources
-from pangu_ms.launch.rank_table import RankTableError, load_table
-from pangu_ms.launch.superpod import superpod_table
+from pangu_ms.cluster import sources
+from pangu_ms.cluster.rank_table import RankTableError, load_table
+from pangu_ms.cluster.superpod import superpod_table
 
 FIX = Path(__file__).parent / "fixtures"
 CONF0 = FIX / "hccn_8dev.conf"
@@ -247,7 +247,7 @@ def test_optional_hccl_fields_are_checked_and_kept(tmp_path):
     dev = doc["super_pods"][0]["servers"][0]["devices"][0]
     dev.update(device_port=16666, backup_device_ip="192.168.1.7", backup_device_port=16667, host_port=16665)
     out = tmp_path / "sp.json"
-    from pangu_ms.launch.rank_table import write_table
+    from pangu_ms.cluster.rank_table import write_table
     write_table(superpod_table(doc), out)
     first = json.loads(out.read_text())["server_list"][0]["device"][0]
     assert first == {"device_id": "0", "device_ip": "192.168.1.6", "super_device_id": "0",

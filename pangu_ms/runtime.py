@@ -1,4 +1,5 @@
-"""MindSpore execution context for the inference commands (generate, eval, finetune)."""
+"""The MindSpore execution context every command sets before running a Cell (pretrain, generate,
+eval, finetune): graph or PyNative mode on the configured device."""
 from __future__ import annotations
 
 from pangu_ms.config import RunConfig

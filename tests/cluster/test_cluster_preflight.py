@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from pangu_ms.errors import ConfigError, DataError
-from pangu_ms.cli.preflight import main
-from pangu_ms.launch.preflight import check_local_devices, preflight, warn_if_not_local
-from pangu_ms.launch.rank_table import RankTableError
+from pangu_ms.cli import main as cli_main
+from pangu_ms.cluster.preflight import check_local_devices, preflight, warn_if_not_local
+from pangu_ms.cluster.rank_table import RankTableError
 
 
 def test_rank_table_plan_for_second_server(two_server_table, make_config):
@@ -54,13 +54,13 @@ def test_msrun_mode_counts_workers(make_config):
 
 
 def test_main_prints_the_plan_for_the_shell(two_server_table, make_config, capsys):
-    argv = ["--config", str(make_config(dp=16)), "--rank-table", str(two_server_table), "--server-index", "0",
+    argv = ["preflight", "--config", str(make_config(dp=16)), "--rank-table", str(two_server_table), "--server-index", "0",
             "--set", "run.device=Ascend"]
-    assert main(argv) == 0
+    assert cli_main(argv) == 0
     out = capsys.readouterr()
     assert out.out.splitlines() == ["RANK_SIZE=16", "SERVER_ID=10.0.0.1"] + [f"RANK {i} {i}" for i in range(8)]
     assert "pre-flight ok: data: 1 training shard(s)" in out.err
-    assert main(argv[:-4]) == 2
+    assert cli_main(argv[:-4]) == 2
     assert "error: pre-flight: --server-index is required with --rank-table" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""Launch-test fixtures: a toy run config, fake prepared data and rank tables built from fixtures."""
+"""Cluster and launcher test fixtures (loaded by tests/conftest.py as a plugin): a toy run config, fake prepared data and rank tables built from fixtures."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import yaml
 
 from pangu_ms.cli import main
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = Path(__file__).parent / "cluster" / "fixtures"
 TOY_MODEL = dict(vocab_size=96, seq_length=16, num_layers=3, hidden_size=32, ffn_hidden_size=64, num_heads=4,
                  dropout=0.0)
 

@@ -6,7 +6,7 @@
   `hccn_tool -i N -ip -g`, an explicit list; device ranges such as `0-7`).
 - `superpod`: version "1.2" tables for Atlas A3 SuperPoD clusters from a YAML description.
 - `preflight`: the checks `launch/run_distributed.sh` and `launch/run_msrun.sh` run before
-  starting any process (`python -m pangu_ms.cli.preflight`).
+  starting any process (`python -m pangu_ms preflight`).
 
 Nothing here imports MindSpore.
 """

@@ -1,0 +1,53 @@
+"""The device mesh (`parallel:`) and activation recomputation (`recompute:`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pangu_ms.config.loader import check_choices, require
+
+
+@dataclass
+class ParallelConfig:
+    """Device mesh and distributed-training switches (dp data, mp model, pp pipeline)."""
+
+    dp: int = 1
+    """data-parallel degree."""
+    mp: int = 1
+    """op-level model-parallel degree."""
+    pp: int = 1
+    """pipeline stages."""
+    ep: int = 1
+    """expert-parallel degree (reserved for PanGu-Sigma)."""
+    micro_batches: int = 1
+    """micro-batches per step when pipelining."""
+    vocab_emb_dp: bool = True
+    """replicate the word embedding over mp (False: split it over the vocabulary)."""
+    optimizer_shard: bool = False
+    """shard optimizer state over the data-parallel group (Ascend only)."""
+    grad_agg_group_mb: int = 0
+    """gradient all-reduce fusion bucket size in MB (0: framework default)."""
+    grad_agg_layers: int = 4
+    """consecutive layers whose gradient all-reduces share one fusion group (0: framework default)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("dp", "mp", "pp", "ep", "micro_batches"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        require(self.grad_agg_group_mb >= 0, "grad_agg_group_mb", self.grad_agg_group_mb, "must be >= 0")
+        require(self.grad_agg_layers >= 0, "grad_agg_layers", self.grad_agg_layers, "must be >= 0")
+
+    @property
+    def devices(self) -> int:
+        return self.dp * self.mp * self.pp
+
+
+@dataclass
+class RecomputeConfig:
+    """Activation rematerialisation."""
+
+    mode: Literal['none', 'full', 'selective'] = "none"
+    """none, full (every layer) or selective (attention core only)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)

@@ -1,0 +1,72 @@
+"""The training loop (`train:`), its checkpoints (`checkpoint:`) and the run (`run:`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pangu_ms.config.loader import check_choices, require
+
+
+@dataclass
+class CheckpointConfig:
+    """What is saved, how often, and how many are kept."""
+
+    every_steps: int = 1000
+    """save every this many optimizer steps (and at the end)."""
+    keep_last: int = 3
+    """checkpoints kept; older ones are deleted after a successful save."""
+    format: Literal['ckpt', 'safetensors'] = "ckpt"
+    """ckpt or safetensors."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        require(self.every_steps >= 1, "every_steps", self.every_steps, "must be >= 1")
+        require(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 1000
+    """optimizer steps to run."""
+    global_batch_size: int = 8
+    """rows per optimizer step over all data-parallel ranks and accumulation steps."""
+    grad_accum_steps: int = 1
+    """micro-steps whose gradients are summed before one optimizer step."""
+    eval_every: int = 200
+    """held-out loss every this many steps (0 disables)."""
+    eval_batches: int = 8
+    """held-out batches per evaluation."""
+    log_every: int = 10
+    """metrics log line every this many steps."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        require(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        require(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size, "must be >= 1")
+        require(self.grad_accum_steps >= 1, "grad_accum_steps", self.grad_accum_steps, "must be >= 1")
+        require(self.global_batch_size % self.grad_accum_steps == 0, "global_batch_size",
+                 self.global_batch_size, f"must be divisible by grad_accum_steps={self.grad_accum_steps}")
+        require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
+        require(self.eval_batches >= 1, "eval_batches", self.eval_batches, "must be >= 1")
+        require(self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and how MindSpore executes it."""
+
+    name: str = "pangu_alpha"
+    """run name, used in log lines."""
+    output_dir: str = "runs/pretrain"
+    """checkpoints, metrics, plots and the resolved config go here."""
+    seed: int = 1234
+    """seed for init, shuffling and dropout."""
+    device: Literal['CPU', 'Ascend'] = "CPU"
+    """CPU or Ascend."""
+    mode: Literal['graph', 'pynative'] = "graph"
+    """graph (GRAPH_MODE) or pynative."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
