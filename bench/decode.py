@@ -17,8 +17,8 @@ warm-up run and reported separately):
   kernels, logits of the last position only, no cache write), prefix left-padded to the
   bucket: the fastest full recompute this code base offers, so the cache is also compared
   with it;
-- mindformers: `/work/shared/bench/mindformers_pangu.py --decode-tokens N` in its own venv
-  (`--mf-python`, default /work/mfref/bin/python); its cache is float16 as shipped, and its
+- mindformers: `../shared/bench/mindformers_pangu.py --decode-tokens N` in its own venv
+  (`--mf-python`); its cache is float16 as shipped, and its
   position bug limits it to about (seq_length - prompt) / 2 new tokens, so it generates
   `generated` tokens (100 for seq 256, prompt 16) and the ratio compares tokens/s.
 """
@@ -27,18 +27,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/ holds scripts named like stdlib modules (tokenize.py): keep them off the import path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
 
 ROOT = Path(__file__).resolve().parents[1]
-MF_SCRIPT = Path("/work/shared/bench/mindformers_pangu.py")
+SHARED_BENCH = ROOT.parent / "shared" / "bench"  # the peer scripts, beside the checkout
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bucket", type=int, default=32, help="recompute: prefix padded to a multiple of this")
     p.add_argument("--no-recompute", action="store_true")
     p.add_argument("--no-mindformers", action="store_true")
-    p.add_argument("--mf-python", default="/work/mfref/bin/python")
+    p.add_argument("--mf-python", default=None, help="python of a venv with mindformers 1.3.2 (shared/bench/README.md)")
+    p.add_argument("--shared-bench", default=str(SHARED_BENCH), help="folder of the peer scripts (default ../shared/bench)")
     return p.parse_args(argv)
 
 
@@ -163,13 +162,14 @@ def run_recompute_fast(lm, cfg, prompts, n_new: int, repeats: int, bucket: int) 
 
 
 def run_mindformers(cfg, args) -> dict | None:
-    if not (Path(args.mf_python).is_file() and MF_SCRIPT.is_file()):
-        return {"skipped": f"needs {args.mf_python} and {MF_SCRIPT}"}
+    mf_script = Path(args.shared_bench) / "mindformers_pangu.py"
+    if not (args.mf_python and Path(args.mf_python).is_file() and mf_script.is_file()):
+        return {"skipped": f"needs --mf-python (a venv's python) and {mf_script}"}
     # its cached decode advances positions faster than one per token (the position bug the
     # shared README mentions) and fails past the position table (seq 256, prompt 16: 100 new
     # tokens run, 116 fail): ask for what fits and compare rates
     n_mf = min(args.new_tokens, (cfg.seq_length - args.prompt_length) * 5 // 12)
-    cmd = [args.mf_python, str(MF_SCRIPT), "--layers", str(cfg.num_layers), "--hidden", str(cfg.hidden_size),
+    cmd = [args.mf_python, str(mf_script), "--layers", str(cfg.num_layers), "--hidden", str(cfg.hidden_size),
            "--heads", str(cfg.num_heads), "--ffn", str(cfg.ffn_hidden_size), "--seq", str(cfg.seq_length),
            "--vocab", str(cfg.vocab_size), "--steps", "0", "--decode-tokens", str(n_mf),
            "--decode-prompt", str(args.prompt_length), "--decode-reps", str(args.repeats)]

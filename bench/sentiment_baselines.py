@@ -18,17 +18,13 @@ Two evaluations, one JSON line per (split, classifier):
 """
 from __future__ import annotations
 
-import os
-import sys
 
-# bench/tokenize.py would shadow the stdlib module that scikit-learn imports: keep bench/ off the path
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+# bench/tokenizer_speed.py would shadow the stdlib module that scikit-learn imports: keep bench/ off the path
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
+import argparse
+import json
+import time
+from collections import Counter
 
 import numpy as np  # noqa: E402
 

@@ -32,8 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-# bench/ holds other scripts (e.g. tokenize.py) that must not shadow stdlib modules
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCH = ROOT.parent / "shared" / "bench"
@@ -110,8 +108,11 @@ def run_one(system: str, shape: dict, a: argparse.Namespace) -> float | None:
         cmd = [sys.executable, "-P", str(Path(__file__).resolve()), "--worker", *flags]
     else:
         python = a.torch_python if system == "torch" else a.mf_python
-        script = SHARED_BENCH / ("torch_pangu.py" if system == "torch" else "mindformers_pangu.py")
-        if not (Path(python).is_file() and script.is_file()):
+        script = Path(a.shared_bench) / ("torch_pangu.py" if system == "torch" else "mindformers_pangu.py")
+        if not (python and Path(python).is_file() and script.is_file()):
+            flag = "--torch-python" if system == "torch" else "--mf-python"
+            emit(metric="skipped", system=system, reason=f"needs {flag} (a venv's python, see "
+                 f"shared/bench/README.md) and {script}")
             return None
         cmd = [python, str(script), *flags]
     env = {**os.environ, "GLOG_v": "3"}
@@ -136,8 +137,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile + slow first launches)")
     p.add_argument("--rounds", type=int, default=3, help="alternations of ours/torch/mindformers per shape")
     p.add_argument("--peers", default="torch,mindformers", help="comma list, or 'none'")
-    p.add_argument("--torch-python", default=str(ROOT.parent / "torchref" / "bin" / "python"))
-    p.add_argument("--mf-python", default=str(ROOT.parent / "mfref" / "bin" / "python"))
+    p.add_argument("--torch-python", default=None, help="python of a venv with torch (shared/bench/README.md)")
+    p.add_argument("--mf-python", default=None, help="python of a venv with mindformers 1.3.2")
+    p.add_argument("--shared-bench", default=str(SHARED_BENCH), help="folder of the peer scripts (default ../shared/bench)")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()

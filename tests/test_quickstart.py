@@ -19,7 +19,7 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def test_readme_quickstart_prepare_pretrain_generate(repo_root, tmp_path):
-    config = str(repo_root / "ascend_configs" / "pangu_alpha_tiny_cpu.yaml")
+    config = str(repo_root / "ascend_configs" / "runs" / "pangu_alpha_tiny_cpu.yaml")
     sets = ["--set", f"tokenizer.path={tmp_path / 'tokenizer'}",
             "--set", f"data.output_dir={tmp_path / 'data'}",
             "--set", f"run.output_dir={tmp_path / 'run'}"]

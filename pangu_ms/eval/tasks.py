@@ -16,6 +16,7 @@ A task file::
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,12 @@ import yaml
 from pangu_ms.config import build_dataclass
 from pangu_ms.errors import ConfigError
 
-TASK_DIR = Path(__file__).resolve().parents[2] / "ascend_configs" / "tasks"
+TASK_PACKAGE = "pangu_ms.ascend_configs"  # the repository's ascend_configs/, carried by the wheel
+
+
+def task_dir() -> Path:
+    """The built-in tasks (`ascend_configs/tasks/`), found through the package, not the checkout."""
+    return Path(str(importlib.resources.files(TASK_PACKAGE).joinpath("tasks")))
 TYPES = ("classification", "generation", "perplexity")
 
 
@@ -90,9 +96,9 @@ def load_task(spec: str) -> TaskConfig:
     """A task by name (ascend_configs/tasks/NAME.yaml) or by path to a YAML file."""
     path = Path(spec)
     if not path.is_file():
-        path = TASK_DIR / f"{spec}.yaml"
+        path = task_dir() / f"{spec}.yaml"
     if not path.is_file():
-        names = sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
+        names = sorted(p.stem for p in task_dir().glob("*.yaml"))
         raise ConfigError(f"task {spec!r}: no such YAML file and not a built-in task ({', '.join(names)})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -18,7 +18,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.ops import operations as P
 
-from pangu_ms.kernels.linear import cpu_kernel_library
+from pangu_ms.kernels.build import cpu_kernel_library
 
 _BLOCKED = -10000.0  # the model's additive mask value
 _BMM_NT = P.BatchMatMul(transpose_b=True)

@@ -8,7 +8,7 @@ MatMul spends much of it packing the weight operand (tiny model, one core: 63 us
 256x256 product plus 9 us for the bias add, against 27 us for the kernel here, which streams
 each weight row once and adds the bias in the same pass; 8000x256 head: 0.9 ms against
 0.6 ms). The kernels are C++ with AVX2/FMA intrinsics (`kernels/cpu/gemv_avx2.cc`), compiled
-with g++ on first use (about 2 s) into `build/kernels/` (or `$PANGU_MS_KERNEL_DIR`) and run as
+with g++ on first use into the user's cache (`pangu_ms.kernels.build`) and run as
 `ops.Custom(func_type="aot")` operators, single-threaded.
 
 Each kernel Cell has the reference composition (MatMul, Add, the composed GELU) and a `fused`
@@ -19,79 +19,14 @@ once. `cell.fused` tells which one runs. Backward passes are written with MindSp
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import operations as P
 
+from pangu_ms.kernels.build import cpu_kernel_library
 from pangu_ms.kernels.norm_act import GeluKernel
-
-log = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ROOT / "kernels" / "cpu" / "gemv_avx2.cc"
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c++17"]
-
-
-def _cpu_has_avx2_fma() -> bool:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx2" in flags and "fma" in flags
-
-
-def _build(source: Path, out_dir: Path) -> Path:
-    """Compile `source` into out_dir/<stem>_<hash>.so (atomic rename: safe across processes)."""
-    digest = hashlib.sha1(source.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:12]
-    target = out_dir / f"{source.stem}_{digest}.so"
-    if target.is_file():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler (g++ or c++) on PATH")
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-    os.close(fd)
-    try:
-        subprocess.run([compiler, *_FLAGS, "-o", tmp, str(source)], check=True, capture_output=True, text=True)
-        os.replace(tmp, target)
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"{compiler} failed: {e.stderr.strip()[-500:]}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_kernel_library() -> str | None:
-    """Path of the compiled kernel library (built on first call), or None when unavailable."""
-    if not SOURCE.is_file():
-        log.warning("fused CPU kernels off: %s not found (reference MatMul kernels used)", SOURCE)
-        return None
-    if not _cpu_has_avx2_fma():
-        log.warning("fused CPU kernels off: this CPU has no AVX2+FMA (reference MatMul kernels used)")
-        return None
-    out_dir = Path(os.environ.get("PANGU_MS_KERNEL_DIR") or ROOT / "build" / "kernels")
-    try:
-        return str(_build(SOURCE, out_dir))
-    except (OSError, RuntimeError) as e:
-        log.warning("fused CPU kernels off: could not build %s (%s); reference MatMul kernels used", SOURCE, e)
-        return None
-
 
 _MATMUL_NT = P.MatMul(transpose_b=True)
 _MATMUL_TN = P.MatMul(transpose_a=True)

@@ -1,7 +1,7 @@
 """jieba precise-mode segmentation (`jieba.cut(text, cut_all=False, HMM=True)`), exactly, faster.
 
 `FastJieba.cut(text)` returns the same list of words as `list(jieba.cut(text))` (tests and
-`bench/tokenize.py` check it on real text). It uses jieba's own dictionary and HMM and
+`bench/tokenizer_speed.py` check it on real text). It uses jieba's own dictionary and HMM and
 differs only in how the work is done:
 
 - the DAG scan and the max-probability route are one backward loop over precomputed

@@ -93,5 +93,5 @@ def test_shipped_model_sizes_load(repo_root, name):
 
 
 def test_quickstart_config_loads(repo_root):
-    cfg = load_config(repo_root / "ascend_configs" / "pangu_alpha_tiny_cpu.yaml")
+    cfg = load_config(repo_root / "ascend_configs" / "runs" / "pangu_alpha_tiny_cpu.yaml")
     assert cfg.model.vocab_size == cfg.tokenizer.vocab_size == 8000

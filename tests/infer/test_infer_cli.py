@@ -99,7 +99,7 @@ def test_eval_heldout_perplexity_equals_model_loss(tiny_run, capsys):
 
 def test_finetune_lora_then_eval_checkpoint(tiny_run, capsys):
     out_dir = tiny_run / "ft"
-    r = json.loads(_cli(capsys, "finetune", "--config", "ascend_configs/pangu_alpha_tiny_finetune.yaml",
+    r = json.loads(_cli(capsys, "finetune", "--config", "ascend_configs/runs/pangu_alpha_tiny_finetune.yaml",
                         "--set", f"finetune.init={tiny_run / 'pretrain'}", "--set", "finetune.method=lora",
                         "--set", "finetune.steps=8", "--set", "schedule.warmup_steps=1", "--set", "finetune.batch_size=4", "--set",
                         "finetune.max_tokens=48", "--set", "finetune.eval_limit=6", "--set", "finetune.eval_shots=1",

@@ -9,8 +9,8 @@ import pytest
 from pangu_ms.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG_200B = str(ROOT / "ascend_configs/pangu_alpha_200b_2048p.yaml")
-CFG_8P = str(ROOT / "ascend_configs/pangu_alpha_2.6b_8p_910b.yaml")
+CFG_200B = str(ROOT / "ascend_configs/runs/pangu_alpha_200b_2048p.yaml")
+CFG_8P = str(ROOT / "ascend_configs/runs/pangu_alpha_2.6b_8p_910b.yaml")
 
 
 

@@ -26,12 +26,12 @@ LAYOUTS = ["pangu_alpha_2.6b_512p", "pangu_alpha_13b_1024p", "pangu_alpha_200b_2
 
 
 def resolved_plan(name: str) -> dict:
-    job = load_config(ROOT / "ascend_configs" / f"{name}.yaml")
+    job = load_config(ROOT / "ascend_configs" / "runs" / f"{name}.yaml")
     with nn.utils.no_init_parameters():  # paper sizes: shapes only, no weight memory
         net = PanguAlphaWithLoss(job.model)
     parallelize(net, plan_for(job.model, job.parallel, job.recompute), job.parallel)
     p = job.parallel
-    return {"config": f"ascend_configs/{name}.yaml",
+    return {"config": f"ascend_configs/runs/{name}.yaml",
             "mesh": {"dp": p.dp, "mp": p.mp, "pp": p.pp, "micro_batches": p.micro_batches,
                      "vocab_emb_dp": p.vocab_emb_dp, "optimizer_shard": p.optimizer_shard},
             "recompute_mode": job.recompute.mode, **read_back(net)}

@@ -18,14 +18,14 @@ SHIPPED = ["pangu_alpha_2.6b_512p", "pangu_alpha_13b_1024p", "pangu_alpha_200b_2
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_layouts_validate(name):
-    job = load_config(ROOT / "ascend_configs" / f"{name}.yaml")
+    job = load_config(ROOT / "ascend_configs" / "runs" / f"{name}.yaml")
     assert job.run.device == "Ascend"
     validate(job.model, job.parallel, devices=job.parallel.devices, global_batch=job.train.global_batch_size,
              grad_accum_steps=job.train.grad_accum_steps, device="Ascend")
 
 
 def test_paper_200b_mesh():
-    p = load_config(ROOT / "ascend_configs/pangu_alpha_200b_2048p.yaml").parallel
+    p = load_config(ROOT / "ascend_configs/runs/pangu_alpha_200b_2048p.yaml").parallel
     assert (p.pp, p.dp, p.mp, p.devices, p.optimizer_shard) == (16, 16, 8, 2048, True)
 
 
@@ -85,5 +85,5 @@ def test_launch_detection_and_effective_mesh():
 def test_single_process_is_a_no_op(monkeypatch):
     monkeypatch.delenv("MS_WORKER_NUM", raising=False)
     monkeypatch.delenv("RANK_SIZE", raising=False)
-    info = init_parallel(load_config(ROOT / "ascend_configs/pangu_alpha_tiny_cpu.yaml"))
+    info = init_parallel(load_config(ROOT / "ascend_configs/runs/pangu_alpha_tiny_cpu.yaml"))
     assert (info.rank, info.world_size, info.dp_rank, info.dp_size, info.is_distributed) == (0, 1, 0, 1, False)

@@ -8,8 +8,8 @@ Prints JSON lines (one per measurement, then a summary):
 Segmentation caches start cold in every measurement. The summary checks that all three give
 identical ids and reports the speed-ups.
 
-    python bench/tokenize.py                            # People's Daily, tokenizer of the tiny config
-    python bench/tokenize.py --max-chars 50000 --repeat 1   # smoke run
+    python bench/tokenizer_speed.py                            # People's Daily, tokenizer of the tiny config
+    python bench/tokenizer_speed.py --max-chars 50000 --repeat 1   # smoke run
 """
 from __future__ import annotations
 
@@ -17,13 +17,11 @@ import os
 import sys
 
 # this file is named like the stdlib module `tokenize`: keep its directory off the import path
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import time
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
