@@ -27,16 +27,12 @@ def run(args: argparse.Namespace) -> int:
 
     from pangu_ms.config import load_config
     from pangu_ms.runtime import setup_context
-    from pangu_ms.errors import ConfigError
     from pangu_ms.finetune.run import finetune
 
     job = load_config(args.config, args.overrides)
     setup_context(job.run)
     ms.set_seed(job.run.seed)
-    try:
-        r = finetune(job)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    r = finetune(job)
     if args.json:
         print(json.dumps(r, ensure_ascii=False))
         return 0

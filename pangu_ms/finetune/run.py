@@ -24,36 +24,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor
 
-from pangu_ms.config import JobConfig
+from pangu_ms.config import JobConfig, validate_job
 from pangu_ms.data.labelled import load_split
+from pangu_ms.errors import ConfigError
 from pangu_ms.eval.tasks import TaskConfig
 from pangu_ms.finetune.ema import EMA_EVERY, WeightAverage
 from pangu_ms.finetune.loss import FinetuneLoss, with_dropout
 from pangu_ms.finetune.rows import bucket_widths, build_rows, length_batches, lm_targets
+from pangu_ms.train.optimizer import build_optimizer
+from pangu_ms.train.step import Trainer
 
 log = logging.getLogger(__name__)
 
-
-class FinetuneStep(nn.Cell):
-    """One AdamW step with global-norm clipping (fp32, no loss scale): same inputs -> loss []."""
-
-    def __init__(self, network: FinetuneLoss, optimizer: nn.Optimizer, clip_norm: float):
-        super().__init__(auto_prefix=False)
-        self.network, self.optimizer = network, optimizer
-        self.weights = optimizer.parameters
-        self.grad = ops.GradOperation(get_by_list=True)
-        self.clip_norm = clip_norm
-        self.network.set_grad()
-
-    def construct(self, input_ids, position_ids, attention_mask, label_rows, labels, lm_rows, lm_labels):
-        inputs = (input_ids, position_ids, attention_mask, label_rows, labels, lm_rows, lm_labels)
-        loss = self.network(*inputs)
-        grads = self.grad(self.network, self.weights)(*inputs)
-        if self.clip_norm > 0:
-            grads = ops.clip_by_global_norm(grads, self.clip_norm)
-        return ops.depend(loss, self.optimizer(grads))
 
 
 def _evaluate(task: TaskConfig, lm, tok, shots: int) -> dict:
@@ -65,7 +49,7 @@ def _evaluate(task: TaskConfig, lm, tok, shots: int) -> dict:
     return {"shots": shots, "accuracy": r["accuracy"], "n": r["n"], "per_label": r["per_label"]}
 
 
-def _train(step: FinetuneStep, ids: np.ndarray, where: np.ndarray, labels: np.ndarray, cfg, *,
+def _train(trainer: Trainer, ids: np.ndarray, where: np.ndarray, labels: np.ndarray, cfg, *,
            pad_id: int, seed: int, average: WeightAverage | None = None, average_from: int = 0) -> list[float]:
     """Run cfg.steps steps over shuffled, length-bucketed epochs; returns the loss per step.
     `average` (if given) is updated every EMA_EVERY steps after step `average_from`."""
@@ -84,11 +68,10 @@ def _train(step: FinetuneStep, ids: np.ndarray, where: np.ndarray, labels: np.nd
             masks[width] = Tensor(pos), Tensor(mask)
         offset = width * np.arange(len(batch))[:, None]  # row b starts at b * width in [B*width]
         lm_pos, lm_tgt = lm_targets(ids[batch], where[batch, 0], cfg.lm_positions, pad_id, rng)
-        loss = float(step(Tensor(ids[batch, :width]), *masks[width],
-                          Tensor((where[batch] + offset).reshape(-1).astype(np.int32)),
-                          Tensor(labels[batch].reshape(-1)),
-                          Tensor((lm_pos + offset).reshape(-1).astype(np.int32)),
-                          Tensor(lm_tgt.reshape(-1))).asnumpy())
+        inputs = (Tensor(ids[batch, :width]), *masks[width],
+                  Tensor((where[batch] + offset).reshape(-1).astype(np.int32)), Tensor(labels[batch].reshape(-1)),
+                  Tensor((lm_pos + offset).reshape(-1).astype(np.int32)), Tensor(lm_tgt.reshape(-1)))
+        loss = trainer.step([inputs]).loss
         losses.append(loss)
         if average is not None and i + 1 > average_from and (i + 1) % EMA_EVERY == 0:
             average.update()
@@ -97,18 +80,6 @@ def _train(step: FinetuneStep, ids: np.ndarray, where: np.ndarray, labels: np.nd
                      float(np.mean(losses[-20:])), (time.perf_counter() - t0) / (i + 1))
     return losses
 
-
-def _optimizer(params: list, job: JobConfig, steps: int) -> nn.Optimizer:
-    """The pretraining AdamW and schedule; a single group when every parameter has the same
-    decay rule (LoRA adapters: all decay), which the two-group builder does not accept."""
-    from pangu_ms.train.optimizer import WarmupCosineLR, build_optimizer, decays
-
-    rules = {decays(p.name) for p in params}
-    if len(rules) == 2:
-        return build_optimizer(params, job.optimizer, job.schedule, steps)
-    o = job.optimizer
-    return nn.AdamWeightDecay(params, learning_rate=WarmupCosineLR(o, job.schedule, steps), beta1=o.beta1,
-                              beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay if rules == {True} else 0.0)
 
 
 def finetune(job: JobConfig) -> dict:
@@ -124,10 +95,9 @@ def finetune(job: JobConfig) -> dict:
     lm.set_train(False)
     task = load_task(ft.task)
     if task.type != "classification":
-        raise ValueError(f"finetune.task={ft.task!r} is a {task.type} task; fine-tuning needs classification")
+        raise ConfigError(f"finetune.task={ft.task!r} is a {task.type} task; fine-tuning needs a classification task")
     task.limit = ft.eval_limit
-    if ft.max_tokens > base_job.model.seq_length:
-        raise ValueError(f"finetune.max_tokens={ft.max_tokens} exceeds the model's seq_length={base_job.model.seq_length}")
+    validate_job(dataclasses.replace(job, model=base_job.model), "finetune")  # rows must fit the loaded model
     trainable = apply_lora(lm, rank=ft.lora_rank, alpha=ft.lora_alpha) if ft.method == "lora" \
         else list(lm.trainable_params())
     network = FinetuneLoss(lm, ft.lm_loss_weight)
@@ -139,12 +109,11 @@ def finetune(job: JobConfig) -> dict:
     if ft.train_examples:
         train = [train[i] for i in np.random.default_rng(job.run.seed).permutation(len(train))[:ft.train_examples]]
     ids, where, labels = build_rows(train, task, tok, max_tokens=ft.max_tokens, pad_id=base_job.model.pad_id)
-    optimizer = _optimizer(trainable, job, ft.steps)
-    step = FinetuneStep(network, optimizer, job.optimizer.clip_norm)
-    step.set_train(True)
+    optimizer = build_optimizer(trainable, job.optimizer, job.schedule, ft.steps)
+    trainer = Trainer(network, optimizer, job.optimizer)
     t_train = time.perf_counter()
     average = WeightAverage(trainable, ft.ema_decay ** EMA_EVERY) if ft.ema_decay > 0 else None
-    losses = _train(step, ids, where, labels, ft, pad_id=base_job.model.pad_id, seed=job.run.seed,
+    losses = _train(trainer, ids, where, labels, ft, pad_id=base_job.model.pad_id, seed=job.run.seed,
                     average=average, average_from=job.schedule.warmup_steps)
     if average is not None:
         average.copy_to_params()  # evaluate and save the averaged weights

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pangu_ms.config import JobConfig
+from pangu_ms.config import JobConfig, validate_job
 from pangu_ms.errors import ConfigError, DataError
 from pangu_ms.runtime import setup_context
 from pangu_ms.train import checkpoint as ckpt
@@ -95,26 +95,6 @@ class _Evaluator:
         return float(np.mean(losses))
 
 
-class _AscendTrainer:
-    """The parallel package's semi-auto-parallel step (`ascend_train_cell`) behind the
-    `Trainer` interface: one global batch per call, micro-batching inside the graph."""
-
-    accum_steps = 1
-
-    def __init__(self, cell, optimizer):
-        self.cell, self.optimizer, self.loss_scale = cell, optimizer, cell.loss_scale
-
-    def step(self, micro_batches: list[tuple]):
-        from pangu_ms.train.step import StepResult
-
-        loss, overflow, _ = self.cell(*micro_batches[0])
-        return StepResult(loss=float(loss.asnumpy()), overflow=bool(overflow.asnumpy()), grad_norm=float("nan"),
-                          loss_scale=float(self.loss_scale.asnumpy()))
-
-    @property
-    def optimizer_step(self) -> int:
-        return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
-
 
 def weights_digest(network) -> str:
     """crc32 over all trainable weights (equal digests: bitwise equal weights)."""
@@ -132,6 +112,7 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     from pangu_ms.parallel.context import init_parallel
 
     t_start = time.time()
+    validate_job(job, "pretrain")
     setup_context(job.run)
     info = init_parallel(job)
     ms.set_seed(job.run.seed)
@@ -189,7 +170,7 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
     if info.mode == "semi_auto_parallel":  # global-batch semantics: every rank feeds the whole batch
         from pangu_ms.train.ascend import ascend_train_cell
 
-        trainer = _AscendTrainer(ascend_train_cell(net, optimizer, job, info.parallel), optimizer)
+        trainer = Trainer(net, optimizer, job.optimizer, cell=ascend_train_cell(net, optimizer, job, info.parallel))
         return net, trainer, dict(batch_size=job.train.global_batch_size, num_shards=1, shard_id=0)
     trainer = Trainer(net, optimizer, job.optimizer, accum_steps=job.train.grad_accum_steps)
     return net, trainer, dict(batch_size=micro_batch_size(job, info.dp_size), num_shards=info.dp_size,

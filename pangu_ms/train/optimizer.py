@@ -62,12 +62,12 @@ class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
 
 
 def param_groups(params: list[Parameter], weight_decay: float) -> list[dict]:
-    """AdamWeightDecay groups: decay on matrices and embeddings, none on LayerNorm/biases."""
+    """AdamWeightDecay groups: decay on matrices and embeddings, none on LayerNorm/biases (an
+    empty group is left out: LoRA adapters, for one, all decay)."""
     decay = [p for p in params if decays(p.name)]
     no_decay = [p for p in params if not decays(p.name)]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            {"order_params": params}]
+    groups = [{"params": g, "weight_decay": wd} for g, wd in ((decay, weight_decay), (no_decay, 0.0)) if g]
+    return groups + [{"order_params": params}]
 
 
 def build_optimizer(params: list[Parameter], opt: OptimizerConfig, sched: ScheduleConfig,

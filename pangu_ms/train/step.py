@@ -1,17 +1,20 @@
-"""Train-step Cells: dynamic loss scale with a CPU-safe overflow check, global-norm clipping,
-gradient accumulation, data-parallel gradient reduction.
+"""The one gradient update every training path uses, and the step Cells built on it.
 
-One optimizer step, whatever the path:
+One optimizer step, whatever the path (CPU, data parallel, the Ascend pipeline, fine-tuning):
     grads = d(loss * scale)/dW            (per micro-batch; summed over K accumulation steps)
-    grads = allreduce_mean(grads) / (scale * K)
-    norm  = sqrt(sum_i |g_i|^2);  overflow = not isfinite(norm)   (computed on the scaled grads)
-    scale: halved on overflow, doubled after `window` clean steps (DynamicLossScaleUpdateCell)
-    if not overflow:  AdamW(grads * min(1, clip / norm))      (else the step is skipped)
+    grads = reduce(grads)                 (data-parallel mean, pipeline accumulation, or none)
+    norm  = |grads| / (scale * K)         (global norm of the unscaled gradients)
+    overflow = not isfinite(norm)         (the loss scale is halved on overflow, doubled after
+                                           `loss_scale_window` clean steps)
+    if not overflow:  AdamW(grads / (scale * K) * clip / max(norm, clip))   (else skipped)
+and the step returns (loss, overflow, norm).
 
-The overflow flag comes from the global norm of the reduced gradients, so it is the same on
-every data-parallel rank (an inf on one rank reaches all through the all-reduce) and needs
-no NPU float-status op, which MindSpore's CPU backend lacks (MINDSPORE_CPU_NOTES.md 1a/1b).
-Steps are Cells, not `@ms.jit` functions, so checkpoint loads are seen by the compiled graph.
+The overflow flag comes from the norm of the reduced gradients, so it is the same on every
+data-parallel rank (an inf on one rank reaches all through the all-reduce) and needs no NPU
+float-status op, which MindSpore's CPU backend lacks (an `isfinite` reduction instead). Under
+semi-auto parallel the gradients have global semantics, so the norm is over the whole
+(unsliced) gradients. Steps are Cells, not `@ms.jit` functions, so checkpoint loads reach the
+compiled graph. Inputs are passed through (`*inputs`): a step serves any loss network.
 """
 from __future__ import annotations
 
@@ -47,10 +50,16 @@ def data_parallel_size() -> int:
     return 1
 
 
-class _GradientUpdate(nn.Cell):
-    """Shared tail of a step: unscale, all-reduce, norm + overflow, clip, scale update, AdamW."""
+class GradientUpdate(nn.Cell):
+    """The update of the module docstring: reduce, norm, overflow, loss-scale update, clip, AdamW.
 
-    def __init__(self, optimizer: nn.Optimizer, loss_scale: Parameter, opt: OptimizerConfig):
+    `reducer` maps the gradient tuple to the reduced one (`nn.DistributedGradReducer` under data
+    parallel, MindSpore's `PipelineGradReducer` on Ascend); None with the data-parallel context
+    picks the data-parallel mean itself, so CPU callers need not know how they were launched.
+    """
+
+    def __init__(self, optimizer: nn.Optimizer, loss_scale: Parameter, opt: OptimizerConfig, *,
+                 reducer: nn.Cell | None = None):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
         self.weights = optimizer.parameters
@@ -59,23 +68,24 @@ class _GradientUpdate(nn.Cell):
                                                           opt.loss_scale_window)
         self.clip_norm = float(opt.clip_norm)
         self.hyper_map = ops.HyperMap()
-        self.dp = data_parallel_size()
-        self.reduce = self.dp > 1
-        if self.reduce:
+        self.dp = data_parallel_size() if reducer is None else 1
+        if reducer is None and self.dp > 1:
             mean = ms.get_auto_parallel_context("gradients_mean")
-            self.grad_reducer = nn.DistributedGradReducer(self.weights, mean=mean, degree=self.dp)
+            reducer = nn.DistributedGradReducer(self.weights, mean=mean, degree=self.dp)
             self.loss_reduce = ops.AllReduce()
+        self.reduce = reducer is not None
+        self.reducer = reducer
 
     def mean_over_ranks(self, loss):
         """Per-rank loss [] -> the mean over data-parallel ranks (for logging)."""
-        if self.reduce:
+        if self.dp > 1:
             return self.loss_reduce(loss) / self.dp
         return loss
 
     def update(self, grads, inv_scale):
         """Scaled grads (tuple like weights), 1/(scale*K) [] -> (overflow [] bool, grad norm [])."""
         if self.reduce:
-            grads = self.grad_reducer(grads)
+            grads = self.reducer(grads)
         # norm of the unscaled gradients from the scaled ones: one elementwise pass (the
         # multiply below) instead of separate unscale and clip passes over every gradient
         norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) * inv_scale  # [] fp32
@@ -90,24 +100,22 @@ class _GradientUpdate(nn.Cell):
         return overflow, norm
 
 
-class TrainStep(_GradientUpdate):
-    """One micro-batch per optimizer step.
+class TrainStep(GradientUpdate):
+    """One micro-batch per optimizer step: inputs of `network` -> (loss [] (mean over
+    data-parallel ranks), overflow [] bool, grad norm [] fp32)."""
 
-    Inputs: input_ids [B, S+1] int32, position_ids [B, S] int32, attention_mask [B, S, S] fp32.
-    Outputs: loss [] (mean over data-parallel ranks), overflow [] bool, grad norm [] fp32.
-    """
-
-    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, loss_scale: Parameter, opt: OptimizerConfig):
-        super().__init__(optimizer, loss_scale, opt)
+    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, loss_scale: Parameter, opt: OptimizerConfig, *,
+                 reducer: nn.Cell | None = None):
+        super().__init__(optimizer, loss_scale, opt, reducer=reducer)
         self.network = network
         self.network.set_grad()
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
 
-    def construct(self, input_ids, position_ids, attention_mask):
-        loss = self.network(input_ids, position_ids, attention_mask)
+    def construct(self, *inputs):
+        loss = self.network(*inputs)
         scale = self.loss_scale * 1.0
         sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
-        grads = self.grad(self.network, self.weights)(input_ids, position_ids, attention_mask, sens)
+        grads = self.grad(self.network, self.weights)(*inputs, sens)
         overflow, norm = self.update(grads, 1.0 / scale)
         return self.mean_over_ranks(loss), overflow, norm
 
@@ -128,15 +136,15 @@ class AccumulateStep(nn.Cell):
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
 
-    def construct(self, input_ids, position_ids, attention_mask):
-        loss = self.network(input_ids, position_ids, attention_mask)
+    def construct(self, *inputs):
+        loss = self.network(*inputs)
         sens = ops.ones_like(loss) * ops.cast(self.loss_scale, loss.dtype)
-        grads = self.grad(self.network, self.weights)(input_ids, position_ids, attention_mask, sens)
+        grads = self.grad(self.network, self.weights)(*inputs, sens)
         loss = ops.depend(loss, ops.assign_add(self.loss_sum, loss))
         return ops.depend(loss, self.hyper_map(ops.assign_add, self.accum, grads))
 
 
-class ApplyStep(_GradientUpdate):
+class ApplyStep(GradientUpdate):
     """The optimizer step over `accum` (sum of K loss-scaled micro-batch gradients), which it
     then zeroes. Outputs: mean loss [] (over micro-batches and ranks), overflow [] bool,
     grad norm [] fp32."""
@@ -182,36 +190,46 @@ class StepResult:
     """loss scale after the step's update."""
 
 
-class Trainer:
-    """Builds the step Cells for `network` (a loss Cell) and runs one optimizer step at a time.
+def new_loss_scale(opt: OptimizerConfig) -> Parameter:
+    """The dynamic loss scale, a non-trainable Parameter saved with the checkpoint."""
+    return Parameter(Tensor(opt.loss_scale, ms.float32), name="loss_scale", requires_grad=False)
 
-    `cell` is what checkpoints save and load (`mindspore.save_checkpoint(trainer.cell, ...)`).
+
+class Trainer:
+    """Builds the step Cell(s) for `network` (a loss Cell) and runs one optimizer step at a time.
+
+    `accum_steps` micro-batches per step are accumulated in Python-driven Cells on CPU. With
+    `cell` given (the Ascend step of `pangu_ms.train.ascend`, which micro-batches inside its
+    graph), that Cell is run on one global batch per step instead. `cell` is what checkpoints
+    save and load (weights, optimizer state, loss scale).
     """
 
-    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, opt: OptimizerConfig, *, accum_steps: int = 1):
-        self.accum_steps = accum_steps
-        self.loss_scale = Parameter(Tensor(opt.loss_scale, ms.float32), name="loss_scale", requires_grad=False)
-        if accum_steps == 1:
-            self.cell: nn.Cell = TrainStep(network, optimizer, self.loss_scale, opt)
-        else:
-            self.cell = AccumTrainCell(network, optimizer, self.loss_scale, opt, accum_steps)
-        self.cell.set_train(True)
+    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, opt: OptimizerConfig, *, accum_steps: int = 1,
+                 cell: nn.Cell | None = None):
         self.optimizer = optimizer
+        if cell is not None:
+            self.accum_steps, self.cell, self.loss_scale = 1, cell, cell.loss_scale
+        else:
+            self.accum_steps = accum_steps
+            self.loss_scale = new_loss_scale(opt)
+            if accum_steps == 1:
+                self.cell = TrainStep(network, optimizer, self.loss_scale, opt)
+            else:
+                self.cell = AccumTrainCell(network, optimizer, self.loss_scale, opt, accum_steps)
+        self.cell.set_train(True)
 
     def step(self, micro_batches: list[tuple]) -> StepResult:
-        """micro_batches: `accum_steps` tuples (input_ids, position_ids, attention_mask)."""
+        """micro_batches: `accum_steps` tuples of the loss network's inputs."""
         if len(micro_batches) != self.accum_steps:
             raise ValueError(f"expected {self.accum_steps} micro-batches, got {len(micro_batches)}")
-        if self.accum_steps == 1:
-            loss, overflow, norm = self.cell(*micro_batches[0])
-            loss_value = float(loss.asnumpy())
-        else:
+        if isinstance(self.cell, AccumTrainCell):
             for mb in micro_batches:
                 self.cell.accumulate_step(*mb)
             loss, overflow, norm = self.cell.apply_step()
-            loss_value = float(loss.asnumpy())
-        return StepResult(loss=loss_value, overflow=bool(overflow.asnumpy()), grad_norm=float(norm.asnumpy()),
-                          loss_scale=float(self.loss_scale.asnumpy()))
+        else:
+            loss, overflow, norm = self.cell(*micro_batches[0])
+        return StepResult(loss=float(loss.asnumpy()), overflow=bool(overflow.asnumpy()),
+                          grad_norm=float(norm.asnumpy()), loss_scale=float(self.loss_scale.asnumpy()))
 
     @property
     def optimizer_step(self) -> int:
