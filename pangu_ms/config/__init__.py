@@ -9,7 +9,7 @@ machinery), one per concept (`model`, `tokenizer`, `data`, `parallel`, `optimize
 """
 from pangu_ms.config.data import DataConfig, SourceConfig
 from pangu_ms.config.finetune import FinetuneConfig
-from pangu_ms.config.job import JobConfig, config_from_dict, load_config
+from pangu_ms.config.job import JobConfig, config_from_dict, load_config, validate_job
 from pangu_ms.config.loader import apply_overrides, build_dataclass, parse_override, read_yaml
 from pangu_ms.config.model import ModelConfig
 from pangu_ms.config.optimizer import OptimizerConfig, ScheduleConfig
@@ -20,4 +20,4 @@ from pangu_ms.config.train import CheckpointConfig, RunConfig, TrainConfig
 __all__ = ["CheckpointConfig", "DataConfig", "FinetuneConfig", "JobConfig", "ModelConfig", "OptimizerConfig",
            "ParallelConfig", "RecomputeConfig", "RunConfig", "ScheduleConfig", "SourceConfig", "TokenizerConfig",
            "TrainConfig", "apply_overrides", "build_dataclass", "config_from_dict", "load_config", "parse_override",
-           "read_yaml"]
+           "read_yaml", "validate_job"]

@@ -74,3 +74,36 @@ def config_from_dict(tree: dict[str, Any]) -> JobConfig:
         ft.setdefault("length_buckets", list(range(step, top, step)) + [top])
         tree = {**tree, "finetune": ft}
     return build_dataclass(JobConfig, tree)
+
+
+COMMANDS_CHECKED = ("prepare", "pretrain", "finetune")
+
+
+def validate_job(job: JobConfig, command: str) -> None:
+    """The checks between sections that `command` relies on; raises one `ConfigError` listing all.
+
+    Checks that also need the device count (dp*mp*pp against the devices launched, heads and
+    vocabulary against mp, ...) are `pangu_ms.parallel.validate`'s; this function needs only
+    the config. Per command:
+    - prepare: a tokenizer trained here has at most model.vocab_size pieces;
+    - pretrain: the global batch splits into dp * micro_batches * grad_accum_steps parts;
+    - finetune: its rows fit the model (finetune.max_tokens <= model.seq_length).
+    """
+    if command not in COMMANDS_CHECKED:
+        raise ValueError(f"validate_job: command {command!r} is not one of {COMMANDS_CHECKED}")
+    m, p, t = job.model, job.parallel, job.train
+    problems = []
+    if command == "prepare" and job.tokenizer.vocab_size > m.vocab_size:
+        problems.append(f"tokenizer.vocab_size={job.tokenizer.vocab_size} exceeds model.vocab_size={m.vocab_size}: "
+                        "the model could not embed every id of the tokenizer prepare would train; make them equal")
+    unit = p.dp * p.micro_batches * t.grad_accum_steps
+    if command == "pretrain" and t.global_batch_size % unit:
+        problems.append(f"train.global_batch_size={t.global_batch_size} is not divisible by parallel.dp*micro_batches*"
+                        f"train.grad_accum_steps = {p.dp}*{p.micro_batches}*{t.grad_accum_steps} = {unit}: use a "
+                        f"multiple of {unit}")
+    if command == "finetune" and job.finetune.max_tokens > m.seq_length:
+        problems.append(f"finetune.max_tokens={job.finetune.max_tokens} exceeds model.seq_length={m.seq_length}: "
+                        f"lower finetune.max_tokens to at most {m.seq_length}")
+    if problems:
+        raise ConfigError("; ".join(problems) if len(problems) == 1 else
+                          "the config's sections disagree:\n" + "\n".join(f"  - {x}" for x in problems))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pangu_ms.config import DataConfig, JobConfig, SourceConfig
+from pangu_ms.config import DataConfig, JobConfig, SourceConfig, validate_job
 from pangu_ms.data.cleaning import CleanStats, Deduplicator, clean_corpus
 from pangu_ms.data.corpora import load_documents, load_texts
 from pangu_ms.data.packing import mixing_plan, pack_rows, select_documents, write_shards
@@ -77,9 +77,7 @@ def _tokenizer_for(job: JobConfig, sources: list[SourceData], segmented: list[li
             logger.warning("using the existing %s (%d pieces, not tokenizer.vocab_size=%d); delete it to retrain",
                            model, tok.vocab_size, job.tokenizer.vocab_size)
         return tok, False
-    if job.tokenizer.vocab_size > job.model.vocab_size:
-        raise DataError(f"tokenizer.vocab_size={job.tokenizer.vocab_size} exceeds model.vocab_size="
-                        f"{job.model.vocab_size}: the model could not embed every id; make them equal")
+    validate_job(job, "prepare")
     names = [s.cfg.name for s in sources]
     if job.tokenizer.corpus == SOURCES:
         text = [doc for docs in segmented for doc in docs]
