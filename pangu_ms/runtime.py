@@ -8,7 +8,7 @@ from pangu_ms.config import RunConfig
 def setup_context(run: RunConfig, device: str | None = None) -> None:
     """GRAPH_MODE (or PyNative if `run.mode` says so) on `device` or `run.device`.
 
-    MindSpore's default is PyNative, about 10-20x slower per decoding step on CPU: the
+    MindSpore's default is PyNative, many times slower than a compiled graph on CPU: the
     commands must set the mode before running any Cell.
     """
     import mindspore as ms

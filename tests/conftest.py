@@ -23,7 +23,7 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 
 import mindspore as ms  # noqa: E402
 
-from pangu_testing import LM_SEQ, tiny_model_config  # noqa: E402
+from pangu_testing import LM_SEQ, tiny_lm_model, tiny_model_config  # noqa: E402
 from pangu_ms.config import ModelConfig  # noqa: E402
 
 pytest_plugins = ["cluster_fixtures"]
@@ -45,12 +45,7 @@ def tiny_cfg() -> ModelConfig:
 @pytest.fixture(scope="session")
 def tiny_lm():
     """A randomly initialised `PanguAlphaLM` of the tiny test shape (seq LM_SEQ), eval mode."""
-    from pangu_ms.models.pangu_alpha import PanguAlphaLM
-
-    ms.set_seed(7)
-    lm = PanguAlphaLM(tiny_model_config(seq_length=LM_SEQ))
-    lm.set_train(False)
-    return lm
+    return tiny_lm_model(LM_SEQ)
 
 
 @pytest.fixture(scope="session")

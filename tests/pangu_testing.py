@@ -35,3 +35,15 @@ def vjp_cell(fn):
             return self.grad(self.fn)(*args)
 
     return _Vjp()
+
+
+def tiny_lm_model(seq_length: int = LM_SEQ, seed: int = 7):
+    """A randomly initialised `PanguAlphaLM` of the tiny test shape, in eval mode."""
+    import mindspore as ms
+
+    from pangu_ms.models.pangu_alpha import PanguAlphaLM
+
+    ms.set_seed(seed)
+    lm = PanguAlphaLM(tiny_model_config(seq_length=seq_length))
+    lm.set_train(False)
+    return lm

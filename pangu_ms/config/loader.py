@@ -135,6 +135,17 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (safe loader); ConfigError naming the file otherwise."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of {what}, got {type(raw).__name__}")
+    return dict(raw)
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML file, resolving `base_config:` (relative to the file) first."""
     path = path.resolve()
@@ -142,12 +153,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: base_config cycle through {' -> '.join(str(p) for p in seen)}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = read_mapping(path, "sections")
     bases = raw.pop("base_config", None) or []
     if isinstance(bases, str):
         bases = [bases]

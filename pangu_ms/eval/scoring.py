@@ -77,6 +77,15 @@ class Scorer:
             raise ValueError(f"continuation of {len(continuation)} tokens exceeds seq_length={self.cfg.seq_length}")
         return context[-room:] + continuation if context else continuation
 
+    def _batches(self, seqs: list[list[int]]):
+        """(indices of up to batch_size sequences, padded model length S) per batch; similar
+        lengths share a batch and S is rounded up to the length bucket."""
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            longest = max(len(seqs[i]) for i in idx) - 1
+            yield idx, min(-(-longest // self.bucket) * self.bucket, self.cfg.seq_length)
+
     def logprobs(self, seqs: list[list[int]], *, reset_at_eod: bool = False) -> list[np.ndarray]:
         """Per sequence of n tokens (2 <= n <= max_tokens): log p(token t | tokens < t), t = 1..n-1.
 
@@ -84,11 +93,7 @@ class Scorer:
         on packed rows; prompts are scored without it.
         """
         out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            longest = max(len(seqs[i]) for i in idx) - 1
-            s = min(-(-longest // self.bucket) * self.bucket, self.cfg.seq_length)
+        for idx, s in self._batches(seqs):
             ids = np.full((self.batch_size, s + 1), self.cfg.pad_id, np.int32)
             for r, i in enumerate(idx):
                 ids[r, :len(seqs[i])] = seqs[i]
@@ -106,11 +111,7 @@ class Scorer:
         seqs = [self.fit(list(ctx) or [self.cfg.eod_id], list(cont)) for ctx, cont in items]
         lengths = [len(cont) for _, cont in items]
         out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            longest = max(len(seqs[i]) for i in idx) - 1
-            s = min(-(-longest // self.bucket) * self.bucket, self.cfg.seq_length)
+        for idx, s in self._batches(seqs):
             k = max(lengths[i] for i in idx)
             ids = np.full((self.batch_size, s + 1), self.cfg.pad_id, np.int32)
             rows = np.zeros((self.batch_size, k), np.int32)  # padding rows score position 0

@@ -20,9 +20,9 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from pangu_ms.config import build_dataclass
+from pangu_ms.config.loader import read_mapping
 from pangu_ms.errors import ConfigError
 
 TASK_PACKAGE = "pangu_ms.ascend_configs"  # the repository's ascend_configs/, carried by the wheel
@@ -100,13 +100,7 @@ def load_task(spec: str) -> TaskConfig:
     if not path.is_file():
         names = sorted(p.stem for p in task_dir().glob("*.yaml"))
         raise ConfigError(f"task {spec!r}: no such YAML file and not a built-in task ({', '.join(names)})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of task fields")
-    raw = dict(raw)
+    raw = read_mapping(path, "task fields")
     labels = raw.pop("labels", {})  # build_dataclass has no dict fields: checked here
     if not isinstance(labels, dict) or not all(isinstance(v, (str, int)) for v in labels.values()):
         raise ConfigError(f"{path}: labels must map label keys to label words, got {labels!r}")

@@ -1,7 +1,7 @@
 """The planner behind `python -m pangu_ms plan`: a full parallel plan without compiling.
 
-Builds the model under `mindspore.nn.utils.no_init_parameters()` (no weight memory: the 200B
-model builds in about 2 s at under 0.5 GB RSS), applies the plan with `parallelize()` and
+Builds the model under `mindspore.nn.utils.no_init_parameters()` (no weight memory, so a
+paper-size model builds on any machine), applies the plan with `parallelize()` and
 reads everything back: strategies, stages, per-parameter full and per-device shapes and
 per-device memory. Memory model (per device, bytes): fp32 master weights (4/param), fp32
 gradients (4/param), Adam moments m and v (8/param). With optimizer sharding (MindSpore's

@@ -184,42 +184,37 @@ def _load_into(cell, tensors: dict, step_dir: Path) -> list[str]:
     return missing
 
 
-def resume(path: str | Path, cell) -> CheckpointState:
-    """Load the newest good checkpoint under `path` into the train Cell `cell`.
-
-    `path` is a run dir, its checkpoints dir or one step dir. Corrupt or incomplete step
-    directories are skipped with a warning; CheckpointError if none loads.
-    """
+def _newest_loadable(path: str | Path, load):
+    """`load(step_dir)` on the newest step directory under `path` where it succeeds; corrupt or
+    incomplete ones are skipped with a warning. CheckpointError if none loads."""
     dirs = list_step_dirs(path)
     if not dirs:
         raise CheckpointError(f"{path}: no checkpoints (expected checkpoints/step_XXXXXXXX/ directories)")
     errors = []
     for d in dirs:
         try:
-            state = _load_step_dir(d, cell)
+            return load(d)
         except CheckpointError as exc:
             logger.warning("skipping checkpoint: %s", exc)
             errors.append(str(exc))
-            continue
-        logger.info("resumed from %s (step %d)", d, state.step)
-        return state
     raise CheckpointError(f"{path}: no loadable checkpoint; {'; '.join(errors)}")
+
+
+def resume(path: str | Path, cell) -> CheckpointState:
+    """Load the newest good checkpoint under `path` (a run dir, its checkpoints dir or one step
+    dir) into the train Cell `cell`."""
+    state = _newest_loadable(path, lambda d: _load_step_dir(d, cell))
+    logger.info("resumed from %s (step %d)", state.path, state.step)
+    return state
 
 
 def newest_good(path: str | Path) -> tuple[Path, dict]:
     """The newest step directory under `path` whose tensors load: (dir, tensors)."""
-    dirs = list_step_dirs(path)
-    if not dirs:
-        raise CheckpointError(f"{path}: no checkpoints (expected checkpoints/step_XXXXXXXX/ directories)")
-    errors = []
-    for d in dirs:
-        try:
-            read_meta(d)
-            return d, read_tensors(d)
-        except CheckpointError as exc:
-            logger.warning("skipping checkpoint: %s", exc)
-            errors.append(str(exc))
-    raise CheckpointError(f"{path}: no loadable checkpoint; {'; '.join(errors)}")
+    def load(d: Path) -> tuple[Path, dict]:
+        read_meta(d)
+        return d, read_tensors(d)
+
+    return _newest_loadable(path, load)
 
 
 def load_job_config(step_dir: Path) -> JobConfig:

@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import json
 
-import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
 
-from pangu_testing import tiny_model_config
+from pangu_testing import tiny_lm_model
 from pangu_ms.errors import ConfigError, DataError
 from pangu_ms.eval import metrics
 from pangu_ms.data.labelled import Example, sentiment_splits
 from pangu_ms.eval.runner import DemoSampler, build_prompt, classify, generate_task
 from pangu_ms.eval.scoring import Scorer
 from pangu_ms.eval.tasks import TaskConfig, load_task
-from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 SEQ = 32
 
@@ -39,10 +37,7 @@ class CharTokenizer:
 
 @pytest.fixture(scope="module")
 def lm():
-    ms.set_seed(11)
-    model = PanguAlphaLM(tiny_model_config(seq_length=SEQ))
-    model.set_train(False)
-    return model
+    return tiny_lm_model(SEQ, seed=11)
 
 
 @pytest.fixture(scope="module")
