@@ -71,7 +71,7 @@ def upstream_loop(sp, texts: list[str]) -> list[list[int]]:
 
 def cold_segmenter() -> None:
     """Start pangu_ms segmentation with empty caches (dictionary tables prebuilt, not timed)."""
-    import pangu_ms.tokenizer as tokmod
+    import pangu_ms.tokenizer.tokenizer as tokmod
     from pangu_ms.tokenizer.fast_jieba import FastJieba
 
     tokmod._SEGMENTER = FastJieba(translate=tokmod._TRANSLATE)

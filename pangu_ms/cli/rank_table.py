@@ -4,7 +4,7 @@
     python -m pangu_ms rank-table build --hccn-conf /etc/hccn.conf --devices 0-7 --out server0.json
     # on one machine: all servers, in the rank order you want
     python -m pangu_ms rank-table merge server0.json server1.json --out rank_table.json
-    # Atlas A3 SuperPoD: version 1.2 from a description (format: pangu_ms/launch/superpod.py)
+    # Atlas A3 SuperPoD: version 1.2 from a description (format: pangu_ms/cluster/superpod.py)
     python -m pangu_ms rank-table superpod --input cluster.yaml --out rank_table.json
 """
 from __future__ import annotations

@@ -72,7 +72,7 @@ def _server(entry: Any, pod_id: str, where: str) -> Server:
 def superpod_table(doc: Any, source: str = "<input>") -> RankTable:
     """Build and validate a version 1.2 table from the parsed input document."""
     if not isinstance(doc, dict) or not isinstance(doc.get("super_pods"), list) or not doc["super_pods"]:
-        raise RankTableError(f"{source}: expected a top-level `super_pods:` list (see pangu_ms/launch/superpod.py)")
+        raise RankTableError(f"{source}: expected a top-level `super_pods:` list (see pangu_ms/cluster/superpod.py)")
     unknown = set(doc) - {"super_pods", "devices_per_server", "version"}
     if unknown:
         raise RankTableError(f"{source}: unknown top-level key(s) {sorted(unknown)} "
