@@ -4,8 +4,8 @@
 // At one token per step every weight matmul is a matrix-vector product. MindSpore's CPU MatMul
 // packs the weight operand on every call, which costs as much as the product itself; these
 // kernels stream each weight row once, straight from cache, for all B rows together.
-// Reference compositions (MatMul + Add, MatMul with transpose_b) live next to the loader and
-// tests compare both.
+// Reference compositions (MatMul + Add, MatMul with transpose_b, the model's composed GELU) live next to
+// the loader and tests compare both.
 //
 // Signature of every kernel (MindSpore aot convention): params are the inputs then the
 // output, shapes[i] / ndims[i] describe params[i]; all tensors are contiguous float32.
@@ -73,12 +73,17 @@ void linear_bias(const float* x, const float* w, const float* bias, float* y, in
   }
 }
 
-// tanh-approximate GELU, 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))), in place.
-void gelu_tanh(float* z, int64_t count) {
-  const float c = 0.7978845608028654f;
+// The model's GELU (pangu_ms/kernels/norm_act.py `GELU`, the one definition): the tanh GELU
+// 0.5 z (1 + tanh(c (z + 0.044715 z^3))), c = sqrt(2/pi), written as z * sigmoid(z (c1 + c3 z^2)) with
+// c1 = 2c, c3 = 0.044715 c1, in the same order of operations; in place. The sigmoid form has no
+// cancellation in 1 + tanh at negative z.
+void gelu(float* z, int64_t count) {
+  const float c1 = 1.5957691216057308f;   // 2 sqrt(2/pi)
+  const float c3 = 0.07135481627260025f;  // 0.044715 c1
   for (int64_t i = 0; i < count; ++i) {
     const float v = z[i];
-    z[i] = 0.5f * v * (1.0f + std::tanh(c * (v + 0.044715f * v * v * v)));
+    const float u = v * v * c3 + c1;
+    z[i] = v * (1.0f / (1.0f + std::exp(-(v * u))));
   }
 }
 
@@ -115,7 +120,7 @@ extern "C" int LinearBiasGelu(int nparam, void** params, int* ndims, int64_t** s
   float* y = static_cast<float*>(params[3]);
   linear_bias(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
               static_cast<const float*>(params[2]), y, rows, shapes[0][1], n);
-  gelu_tanh(y, rows * n);
+  gelu(y, rows * n);
   return 0;
 }
 

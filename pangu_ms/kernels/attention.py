@@ -20,18 +20,30 @@ from mindspore.ops import operations as P
 
 from pangu_ms.kernels.build import cpu_kernel_library
 
-_BLOCKED = -10000.0  # the model's additive mask value
 _BMM_NT = P.BatchMatMul(transpose_b=True)
 _BMM_TN = P.BatchMatMul(transpose_a=True)
 _BMM = P.BatchMatMul()
 _SOFTMAX = P.Softmax(-1)
-_CAST = P.Cast()
+
+MASK_VALUE = -10000.0
+"""The additive attention bias of a key a query may not see (PanGu-alpha's value; its softmax
+weight, exp(-1e4) relative to a seen key, is 0 in fp32)."""
 
 
-def decode_bias(slot, pad_len, slots):
-    """Additive bias [B, 1, 1, M]: row b sees slots j with pad_len[b] <= j <= slot (slots = 0..M-1)."""
-    ok = ops.logical_and(slots.reshape(1, 1, 1, -1) <= slot, slots.reshape(1, 1, 1, -1) >= pad_len.reshape(-1, 1, 1, 1))
-    return (1.0 - _CAST(ok, ms.float32)) * _BLOCKED
+def mask_bias(may_attend, sub=ops.sub, mul=ops.mul):
+    """may_attend (bool, or 1.0 attend / 0.0 blocked; any shape) -> additive fp32 bias of the
+    same shape: 0 where a key may be seen, `MASK_VALUE` where not. The one masking rule of the
+    model (`PanguAlpha.attention_bias`), the decoder and these kernels; `sub`, `mul` are the ops
+    it runs (the model passes its named primitives, which a shard plan addresses)."""
+    return mul(sub(1.0, may_attend.astype(ms.float32)), MASK_VALUE)
+
+
+def window_bias(query_slots, key_slots, pad_len):
+    """Additive bias [B, 1, Q, K] for left-padded rows: row b's query at slot query_slots[i] may
+    see the keys at slots key_slots[j] with pad_len[b] <= key_slots[j] <= query_slots[i]."""
+    causal = key_slots.reshape(1, 1, 1, -1) <= query_slots.reshape(1, 1, -1, 1)
+    real = key_slots.reshape(1, 1, 1, -1) >= pad_len.reshape(-1, 1, 1, 1)
+    return mask_bias(ops.logical_and(causal, real))  # [B, 1, Q, K]
 
 
 def _attention_bprop(q, k, v, slot, pad_len, out, dout):
@@ -39,7 +51,8 @@ def _attention_bprop(q, k, v, slot, pad_len, out, dout):
     b, n, m, d = k.shape
     scale = 1.0 / math.sqrt(d)
     qh = q.reshape(b, n, 1, d) * scale  # [B, N, 1, D]
-    probs = _SOFTMAX(_BMM_NT(qh, k) + decode_bias(slot, pad_len, ops.arange(m, dtype=ms.int32)))  # [B, N, 1, M]
+    bias = window_bias(slot.reshape(1), ops.arange(m, dtype=ms.int32), pad_len)  # [B, 1, 1, M]
+    probs = _SOFTMAX(_BMM_NT(qh, k) + bias)  # [B, N, 1, M]
     dy = dout.reshape(b, n, 1, d)
     d_probs = _BMM_NT(dy, v)  # [B, N, 1, M]
     d_scores = probs * (d_probs - (probs * d_probs).sum(-1, keepdims=True))
@@ -60,7 +73,7 @@ class DecodeAttentionKernel(nn.Cell):
 
     `construct(q [B, H] (not scaled), k, v [B, N, M, D] (already holding the new token),
     slot [] int32, pad_len [B] int32) -> ctx [B, H]` fp32; the bias lets row b see slots
-    pad_len[b]..slot (the model's -1e4 elsewhere, which the kernel skips: exp gives 0 in fp32).
+    pad_len[b]..slot (`MASK_VALUE` elsewhere, which the kernel skips: exp gives 0 in fp32).
     `out_shape` [B, H] as in `LinearKernel`.
     """
 
@@ -81,8 +94,17 @@ class DecodeAttentionKernel(nn.Cell):
             return self.kernel(q, k, v, slot, pad_len)
         b, n, _, d = k.shape
         qh = q.reshape(b, n, 1, d) * self.scale  # [B, N, 1, D]
-        probs = _SOFTMAX(_BMM_NT(qh, k) + decode_bias(slot, pad_len, self.slots))  # [B, N, 1, M]
+        probs = _SOFTMAX(_BMM_NT(qh, k) + window_bias(slot.reshape(1), self.slots, pad_len))  # [B, N, 1, M]
         return _BMM(probs, v).reshape(b, n * d)  # [B, H]
+
+
+def slot_index_parts(batch_size: int, heads: int) -> tuple[Tensor, Tensor]:
+    """(base [B, N, 3], axis [3]) int32: `base + slot * axis` are the (b, n, slot) coordinates of
+    one slot of a [B, N, M, D] cache, the index of a `ScatterNdUpdate` writing it."""
+    rows = np.zeros((batch_size, heads, 3), np.int32)  # (b, n, slot=0)
+    rows[..., 0] = np.arange(batch_size)[:, None]
+    rows[..., 1] = np.arange(heads)[None, :]
+    return Tensor(rows), Tensor(np.array([0, 0, 1], np.int32))
 
 
 class CacheWriteKernel(nn.Cell):
@@ -100,11 +122,7 @@ class CacheWriteKernel(nn.Cell):
         super().__init__()
         lib = cpu_kernel_library() if fused else None
         self.fused = lib is not None
-        rows = np.zeros((batch_size, heads, 3), np.int32)  # (b, n, slot=0)
-        rows[..., 0] = np.arange(batch_size)[:, None]
-        rows[..., 1] = np.arange(heads)[None, :]
-        self.base = Tensor(rows)  # [B, N, 3]
-        self.slot_axis = Tensor(np.array([0, 0, 1], np.int32))
+        self.base, self.slot_axis = slot_index_parts(batch_size, heads)
         self.scatter = P.ScatterNdUpdate()
         if self.fused:
             self.kernel = ops.Custom(f"{lib}:WriteSlot", out_shape=[1], out_dtype=ms.int32, func_type="aot")

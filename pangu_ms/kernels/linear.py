@@ -19,14 +19,12 @@ once. `cell.fused` tells which one runs. Backward passes are written with MindSp
 """
 from __future__ import annotations
 
-import math
-
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import operations as P
 
 from pangu_ms.kernels.build import cpu_kernel_library
-from pangu_ms.kernels.norm_act import GeluKernel
+from pangu_ms.kernels.norm_act import GELU, GELU_C, GELU_CUBIC
 
 _MATMUL_NT = P.MatMul(transpose_b=True)
 _MATMUL_TN = P.MatMul(transpose_a=True)
@@ -44,14 +42,11 @@ def _linear_residual_bprop(x, w, b, residual, out, dout):
     return _MATMUL_NT(dout, w), _MATMUL_TN(x, dout), _SUM_ROWS(dout, 0), dout
 
 
-_GELU_C = math.sqrt(2.0 / math.pi)
-
-
 def _gelu_grad(z):
     """d/dz of z s(z), s = sigmoid(2u), u = c (z + 0.044715 z^3) (the tanh GELU written with the
-    sigmoid, as models.layers.GELU): s + 2 z s (1 - s) u'. Sigmoid, not 1 - tanh^2, which cancels."""
-    s = ops.sigmoid(2.0 * _GELU_C * (z + 0.044715 * z * z * z))
-    return s + 2.0 * z * s * (1.0 - s) * _GELU_C * (1.0 + 3.0 * 0.044715 * z * z)
+    sigmoid, as `norm_act.GELU`): s + 2 z s (1 - s) u'. Sigmoid, not 1 - tanh^2, which cancels."""
+    s = ops.sigmoid(2.0 * GELU_C * (z + GELU_CUBIC * z * z * z))
+    return s + 2.0 * z * s * (1.0 - s) * GELU_C * (1.0 + 3.0 * GELU_CUBIC * z * z)
 
 
 def _linear_gelu_bprop(x, w, b, out, dout):
@@ -129,15 +124,16 @@ class LinearResidualKernel(nn.Cell):
 
 
 class LinearGeluKernel(nn.Cell):
-    """y = gelu(x @ w + b) with the tanh GELU: x [T, K], w [K, N], b [N] -> [T, N] (the FFN's
-    first projection); the reference is MatMul, Add and `GeluKernel(fused=False)`."""
+    """y = gelu(x @ w + b) with the model's GELU: x [T, K], w [K, N], b [N] -> [T, N] (the FFN's
+    first projection); the reference is MatMul, Add and `norm_act.GELU`, and the C++ kernel
+    evaluates the same formula, x * sigmoid(2c (x + 0.044715 x^3))."""
 
     def __init__(self, *, fused: bool = True, out_shape: tuple[int, int] | None = None):
         super().__init__()
         lib = cpu_kernel_library() if fused else None
         self.fused = lib is not None
         self.matmul = P.MatMul()
-        self.gelu = GeluKernel(fused=False)
+        self.gelu = GELU()
         if self.fused:
             self.kernel = _custom(lib, "LinearBiasGelu", out_shape, _linear_shape, _linear_gelu_bprop)
 

@@ -1,4 +1,4 @@
-"""Building blocks shared by the PanGu models: Linear, LayerNorm, GELU, attention core.
+"""Building blocks shared by the PanGu models: Linear, LayerNorm, attention core.
 
 Notation: T = B*S tokens (activations stay 2-D [T, H] between layers: composed reductions
 and bias gradients take MindSpore CPU's fast last-axis path only on 2-D tensors, see
@@ -6,15 +6,17 @@ shared/MINDSPORE_CPU_PERF.md), H hidden, F ffn width, N heads, D head dim.
 
 Every primitive a parallel plan may shard is a named attribute created in `__init__`
 (`matmul`, `bias_add`, `qk_matmul`, ...), so `pangu_ms.parallel` can address it by path.
+The GELU and LayerNorm compositions are defined once, in `pangu_ms.kernels.norm_act`, which
+the decoding kernels' reference forms use too (kernels sit below the models).
 """
 from __future__ import annotations
-
-import math
 
 import mindspore as ms
 from mindspore import Parameter, nn
 from mindspore.common.initializer import Normal, One, Zero, initializer
 from mindspore.ops import operations as P
+
+from pangu_ms.kernels.norm_act import ComposedLayerNorm
 
 _DTYPES = {"float32": ms.float32, "float16": ms.float16}
 
@@ -54,55 +56,22 @@ class Linear(nn.Cell):
         return y
 
 
-class LayerNorm(nn.Cell):
-    """LayerNorm over the last axis of a 2-D [T, H] input, in fp32, composed of plain ops.
+class LayerNorm(ComposedLayerNorm):
+    """LayerNorm over the last axis of a 2-D [T, H] input, in fp32, composed of plain ops, with
+    its gain `gamma` and shift `beta`: `pangu_ms.kernels.norm_act.ComposedLayerNorm`, the one
+    definition the decoding kernels' reference form uses too.
 
     Composed rather than `P.LayerNorm`: on CPU the LayerNormGrad kernel costs about 6 ms a
     call, the composition's autodiff a fraction of that (MINDSPORE_CPU_PERF.md item 5).
     """
 
     def __init__(self, hidden: int, *, eps: float = 1e-5):
-        super().__init__()
+        super().__init__(eps=eps)
         self.gamma = Parameter(initializer(One(), (hidden,), ms.float32), name="gamma")
         self.beta = Parameter(initializer(Zero(), (hidden,), ms.float32), name="beta")
-        self.eps = eps
-        self.mean = P.ReduceMean(keep_dims=True)
-        self.sub = P.Sub()
-        self.square = P.Mul()
-        self.rsqrt = P.Rsqrt()
-        self.add_eps = P.Add()
-        self.normalize = P.Mul()
-        self.scale = P.Mul()
-        self.shift = P.Add()
 
     def construct(self, x):
-        d = self.sub(x, self.mean(x, -1))  # [T, H]
-        var = self.mean(self.square(d, d), -1)  # [T, 1]
-        y = self.normalize(d, self.rsqrt(self.add_eps(var, self.eps)))
-        return self.shift(self.scale(y, self.gamma), self.beta)
-
-
-class GELU(nn.Cell):
-    """tanh-approximate GELU written as x * sigmoid(2c(x + 0.044715 x^3)), c = sqrt(2/pi).
-
-    Identical math to 0.5x(1 + tanh(c(x + 0.044715x^3))); composed ops run about 4x faster
-    than the GeLU kernel and its gradient on CPU.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = 2.0 * math.sqrt(2.0 / math.pi)
-        self.c3 = self.c1 * 0.044715
-        self.square = P.Mul()
-        self.poly = P.Mul()
-        self.add = P.Add()
-        self.inner = P.Mul()
-        self.sigmoid = P.Sigmoid()
-        self.gate = P.Mul()
-
-    def construct(self, x):
-        u = self.add(self.poly(self.square(x, x), self.c3), self.c1)  # c1 + c3 x^2
-        return self.gate(x, self.sigmoid(self.inner(x, u)))
+        return self.compose(x, self.gamma, self.beta)  # [T, H]
 
 
 class CoreAttention(nn.Cell):

@@ -23,7 +23,9 @@ from mindspore.common.initializer import Normal, initializer
 from mindspore.ops import operations as P
 
 from pangu_ms.config import ModelConfig
-from pangu_ms.models.layers import GELU, CoreAttention, FastCoreAttention, LayerNorm, Linear, compute_dtype
+from pangu_ms.kernels.attention import MASK_VALUE, mask_bias  # noqa: F401 (the masking rule, exported)
+from pangu_ms.kernels.norm_act import GELU
+from pangu_ms.models.layers import CoreAttention, FastCoreAttention, LayerNorm, Linear, compute_dtype
 
 
 class Embedding(nn.Cell):
@@ -159,10 +161,10 @@ class PanguAlpha(nn.Cell):
         self.mask_sub = P.Sub()
 
     def attention_bias(self, attention_mask):
-        """mask [B, S, S] (1 attend, 0 blocked) -> additive bias [B, 1, S, S] in fp32."""
+        """mask [B, S, S] (1 attend, 0 blocked) -> additive bias [B, 1, S, S] in fp32: 0 where
+        attended, `MASK_VALUE` (-1e4) where blocked (`mask_bias`, the rule decoding uses too)."""
         b, s, _ = attention_mask.shape
-        blocked = self.mask_sub(1.0, attention_mask.astype(ms.float32))
-        return self.mask_to_bias(blocked, -10000.0).reshape(b, 1, s, s)
+        return mask_bias(attention_mask, self.mask_sub, self.mask_to_bias).reshape(b, 1, s, s)
 
     def construct(self, input_ids, position_ids, attention_mask):
         b, s = input_ids.shape

@@ -84,6 +84,20 @@ def test_linear_residual_and_gelu_forward_match_numpy(fused):
     np.testing.assert_allclose(got, _numpy_gelu(z), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_linear_gelu_is_the_models_sigmoid_form(fused):
+    """The C++ LinearBiasGelu evaluates the model's z * sigmoid(2c (z + 0.044715 z^3)), not
+    0.5 z (1 + tanh(...)): at negative z, where 1 + tanh cancels to 0 in fp32 (from z = -5 on),
+    both forms here agree with float64 to relative 1e-4 down to outputs of 1e-35."""
+    z = np.linspace(-9.5, 4.0, 40).astype(np.float32)
+    x, w = np.zeros((2, 3), np.float32), np.zeros((3, 40), np.float32)  # z = x w + b = b exactly
+    got = LinearGeluKernel(fused=fused, out_shape=(2, 40))(Tensor(x), Tensor(w), Tensor(z)).asnumpy()
+    z64 = z.astype(np.float64)
+    truth = z64 / (1.0 + np.exp(-2 * np.sqrt(2 / np.pi) * (z64 + 0.044715 * z64 ** 3)))
+    assert 0 < np.abs(truth[z < -8]).max() < 1e-20  # a tail that the tanh form flushes to 0 in fp32
+    np.testing.assert_allclose(got, np.broadcast_to(truth, got.shape), rtol=1e-4, atol=0)
+
+
 def test_linear_residual_and_gelu_backward_match_reference():
     x, w, b, r, dy = _arr(3, 20), _arr(20, 12) * 0.3, _arr(12), _arr(3, 12), _arr(3, 12)
     args = [Tensor(a) for a in (x, w, b, r, dy)]

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from pangu_ms.kernels import GeluKernel, LayerNormKernel
-from pangu_ms.models.layers import GELU, LayerNorm
-from pangu_testing import vjp_cell
+from pangu_ms.kernels import GELU, ComposedLayerNorm, GeluKernel, LayerNormKernel
+from pangu_ms.models.layers import LayerNorm
+from pangu_ms.models.pangu_alpha import PanguAlphaLM
+from pangu_testing import tiny_model_config, vjp_cell
 
 RNG = np.random.default_rng(0)
 X = (RNG.normal(size=(6, 32)) * 3 + 1).astype(np.float32)
@@ -60,6 +61,15 @@ def test_gelu_forward_matches_numpy_tanh_form(fused):
 def test_gelu_reference_is_the_model_activation():
     ref = GeluKernel(fused=False)(Tensor(X)).asnumpy()
     np.testing.assert_array_equal(ref, GELU()(Tensor(X)).asnumpy())
+
+
+def test_model_uses_the_one_composition():
+    """The model's LayerNorms and FFN activations are the kernels' compositions (one definition)."""
+    lm = PanguAlphaLM(tiny_model_config())
+    layer = lm.backbone.blocks[0]
+    assert type(layer.ffn.activation) is GELU
+    for ln in (layer.ln1, layer.ln2, lm.backbone.final_ln):
+        assert isinstance(ln, ComposedLayerNorm) and not hasattr(ln, "layer_norm")
 
 
 def test_gelu_fused_backward_matches_reference():
