@@ -13,10 +13,10 @@ warm-up run and reported separately):
 - recompute: the full model over the whole prefix for every new token, the prefix right-padded
   to a multiple of `--bucket` so a handful of compiled shapes serve all lengths (an unpadded
   recompute would recompile at every token);
-- recompute_fast: the same recompute through the decoder's prompt graph (fused LayerNorm/GELU
-  kernels, logits of the last position only, no cache write), prefix left-padded to the
-  bucket: the fastest full recompute this code base offers, so the cache is also compared
-  with it;
+- recompute_fast: the same recompute through the decoder's prompt graph (`DecoderCore.prefill`
+  with its `PromptOps`, logits of the last position only, no cache kept), prefix left-padded
+  to the bucket: the fastest full recompute this code base offers, so the cache is also
+  compared with it;
 - mindformers: `../shared/bench/mindformers_pangu.py --decode-tokens N` in its own venv
   (`--mf-python`); its cache is float16 as shipped, and its
   position bug limits it to about (seq_length - prompt) / 2 new tokens, so it generates

@@ -32,8 +32,10 @@ def export_mindir(lm: PanguAlphaLM, out_dir: str | Path, *, batch_size: int = 1,
     if not 1 <= prompt_length <= m:
         raise ValueError(f"prompt_length={prompt_length} must be in [1, max_length={m}]")
     lm.set_train(False)
-    # builtin kernels only: the C++ matrix-vector kernels would tie the MindIR to a local .so
-    core = DecoderCore(lm, m, batch_size=batch_size, fused_kernels=fused_kernels, cpu_kernels=False)
+    # builtin kernels only: the C++ matrix-vector kernels would tie the MindIR to a local .so;
+    # the caches are graph inputs and outputs, so the step graph writes them functionally
+    core = DecoderCore(lm, m, batch_size=batch_size, fused_kernels=fused_kernels, cpu_kernels=False,
+                       in_place_cache=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     b, s = batch_size, prompt_length

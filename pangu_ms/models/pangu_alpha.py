@@ -12,10 +12,15 @@ Data flow (the released 2.6B/13B ordering, one ordering for every layout):
 
 The attention bias blocks future positions and, with end-of-document resets, positions in
 earlier documents of a packed row (it comes from the data pipeline as `attention_mask`).
+
+For code that evaluates these equations on the model's weights (incremental decoding,
+`pangu_ms.infer.kv_cache`) the model names what it reads: `PanguAlphaLM.weight_paths()` gives
+every Parameter's path by role, and `mask_bias` / `MASK_VALUE` are the masking rule.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import mindspore as ms
 from mindspore import Parameter, nn, ops
@@ -180,6 +185,40 @@ class PanguAlpha(nn.Cell):
         return self.query_layer(h, query, bias)  # [T, H]
 
 
+LAYER_WEIGHTS: dict[str, str] = {
+    "ln1_gamma": "ln1.gamma", "ln1_beta": "ln1.beta",
+    "wq": "attention.linear_q.weight", "bq": "attention.linear_q.bias",
+    "wk": "attention.linear_k.weight", "bk": "attention.linear_k.bias",
+    "wv": "attention.linear_v.weight", "bv": "attention.linear_v.bias",
+    "wo": "attention.linear_out.weight", "bo": "attention.linear_out.bias",
+    "ln2_gamma": "ln2.gamma", "ln2_beta": "ln2.beta",
+    "w1": "ffn.linear_fc1.weight", "b1": "ffn.linear_fc1.bias",
+    "w2": "ffn.linear_fc2.weight", "b2": "ffn.linear_fc2.bias",
+}
+"""Role -> Parameter path inside a `Block` (the `QueryLayer` has the same); weights are [in, out]."""
+
+MODEL_WEIGHTS: dict[str, str] = {
+    "word_table": "backbone.word_embedding.embedding_table",  # [V, H], also the tied head
+    "position_table": "backbone.position_embedding.embedding_table",  # [S, H]
+    "top_query_table": "backbone.top_query_embedding.embedding_table",  # [S, H]
+    "final_ln_gamma": "backbone.final_ln.gamma",
+    "final_ln_beta": "backbone.final_ln.beta",
+}
+"""Role -> path in `PanguAlphaLM` of the weights outside the layers."""
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    """Every Parameter of a `PanguAlphaLM` by role, as its path in `lm.parameters_and_names()`."""
+
+    model: dict[str, str]
+    """role -> path of the embeddings and the final LayerNorm (`MODEL_WEIGHTS`)."""
+    layers: tuple[str, ...]
+    """path of each layer: the blocks in order, then the query layer."""
+    layer: dict[str, str]
+    """role -> path inside a layer (`LAYER_WEIGHTS`), the same for every layer."""
+
+
 class PanguAlphaLM(nn.Cell):
     """Backbone plus the tied head: -> logits [T, V] in fp32."""
 
@@ -191,6 +230,12 @@ class PanguAlphaLM(nn.Cell):
         self.low_precision = cfg.compute_dtype != "float32"
         self.dtype = compute_dtype(cfg.compute_dtype)
         self.cast = P.Cast()
+
+    def weight_paths(self) -> WeightPaths:
+        """Where each weight lives, by role: what a decoder evaluating these equations reads."""
+        blocks = tuple(f"backbone.blocks.{i}" for i in range(len(self.backbone.blocks)))
+        return WeightPaths(model=dict(MODEL_WEIGHTS), layers=blocks + ("backbone.query_layer",),
+                           layer=dict(LAYER_WEIGHTS))
 
     def logits(self, h):
         """h [T, H] -> logits [T, V] with the word-embedding table as output matrix."""

@@ -6,7 +6,9 @@ import pytest
 from mindspore import Tensor, nn, ops
 
 from pangu_testing import LM_SEQ as SEQ
+from pangu_ms.infer.decode_ops import CpuStepOps, StepOps
 from pangu_ms.infer.decoder import CacheFullError, GenerationError, IncrementalDecoder, left_pad
+from pangu_ms.infer.kv_cache import DecoderCore, ExportStep, KVCache, StepCell, weight_groups
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +72,15 @@ def test_cached_equals_full_recompute_batched_ragged(decoder3, full_logits):
     assert worst < 1e-4
 
 
-def test_reference_kernels_equal_full_recompute(tiny_lm, full_logits):
-    """The step graph without fused kernels (the training model's op compositions) agrees too."""
-    dec = IncrementalDecoder(tiny_lm, batch_size=2, max_length=SEQ, prompt_bucket=4, fused_kernels=False)
-    assert not (dec.core.step_norm.fused or dec.core.cpu_kernels)
+@pytest.mark.parametrize("fused", [False, True])
+def test_reference_kernels_equal_full_recompute(tiny_lm, full_logits, fused):
+    """The step graph without the C++ kernels agrees too: all reference compositions (the
+    training model's ops), or MindSpore's fused LayerNorm/GELU with reference matmuls."""
+    dec = IncrementalDecoder(tiny_lm, batch_size=2, max_length=SEQ, prompt_bucket=4, fused_kernels=fused,
+                             cpu_kernels=False)
+    assert type(dec.core.step_ops) is StepOps and not dec.core.cpu_kernels
+    assert dec.core.step_ops.layer_norm.fused == dec.core.step_ops.gelu.fused == fused
+    assert not dec.core.prompt_ops.layer_norm.fused  # the prompt graph: reference compositions
     worst, steps = _greedy_check(dec, [[21, 22, 23], [24]], full_logits)
     assert steps == SEQ - 4
     assert worst < 1e-4
@@ -109,6 +116,36 @@ def test_cache_enforces_max_length(tiny_lm):
         dec.start([list(range(7))])
     with pytest.raises(GenerationError, match="seq_length"):
         IncrementalDecoder(tiny_lm, max_length=SEQ + 1)
+
+
+def test_weight_groups_cover_every_model_parameter_once(tiny_lm, decoder3):
+    """The decoder takes the model's Parameters by name (`PanguAlphaLM.weight_paths()`), each
+    exactly once: a Parameter added to the model, or moved without updating its path, fails."""
+    assert isinstance(decoder3.core.step_ops, CpuStepOps) == decoder3.core.cpu_kernels
+    named = dict(tiny_lm.parameters_and_names())
+    grouped = [getattr(g, role) for g in decoder3.core.parameter_groups() for role in g.roles]
+    assert len(grouped) == len(named) == len({id(p) for p in grouped})
+    assert {id(p) for p in grouped} == {id(p) for p in named.values()}
+    assert sorted(p.name for p in grouped) == sorted(named)  # names unchanged
+    layer = decoder3.core.layers[0]
+    assert layer.wq is tiny_lm.backbone.blocks[0].attention.linear_q.weight
+    assert decoder3.core.layers[-1].w2 is tiny_lm.backbone.query_layer.ffn.linear_fc2.weight
+
+
+def test_a_moved_parameter_path_fails_loudly(tiny_lm, monkeypatch):
+    paths = tiny_lm.weight_paths()
+    moved = dict(paths.layer, wq="attention.query.weight")
+    monkeypatch.setattr(type(tiny_lm), "weight_paths", lambda self: type(paths)(paths.model, paths.layers, moved))
+    with pytest.raises(KeyError, match="backbone.blocks.0.attention.query.weight"):
+        weight_groups(tiny_lm)
+
+
+def test_graph_cells_check_the_cache_mode(tiny_lm):
+    cache = KVCache(tiny_lm.config.num_layers, 1, tiny_lm.config.num_heads, 8, tiny_lm.config.head_dim)
+    with pytest.raises(ValueError, match="in_place_cache=True"):
+        StepCell(DecoderCore(tiny_lm, 8, in_place_cache=False), cache)
+    with pytest.raises(ValueError, match="in_place_cache=False"):
+        ExportStep(DecoderCore(tiny_lm, 8))
 
 
 def test_weights_shared_not_copied(tiny_lm, decoder3):
