@@ -28,13 +28,14 @@ its Parameter reads and its launch overhead, not arithmetic. The equations are w
 in `DecoderCore._layers`, against an op set chosen per graph at construction
 (`pangu_ms.infer.decode_ops`): the prompt graph's `PromptOps` are the reference compositions
 (from 32 tokens on they are faster: tiny model, 128 tokens, 29 ms against 37 ms with fused
-LayerNorm/GELU); the step graph's `CpuStepOps` use MindSpore's single LayerNorm kernel and C++ kernels for every weight
-product (bias, GELU and residual adds fused in), the one-token attention (masking from slot and
-pad_len itself) and an in-place write of the new slot (MindSpore's ScatterNdUpdate copies the
-whole cache per call). That is 52 ops per step for the 4-layer tiny model, against about 200 in
-the model's own graph. Without the C++ kernels (`cpu_kernels=False`, fp16, no compiler) the
-step graph runs `StepOps`: reference forms, LayerNorm and GELU fused unless
-`fused_kernels=False`. Tests compare every step with the training model's forward.
+LayerNorm/GELU); the step graph's `CpuStepOps` use MindSpore's single LayerNorm kernel and C++
+kernels for every weight product (bias, GELU and residual adds fused in), the one-token
+attention (masking from slot and pad_len itself) and an in-place write of the new slot
+(MindSpore's ScatterNdUpdate copies the whole cache per call). That is 52 ops per step for the
+4-layer tiny model, against about 200 in the model's own graph. Without the C++ kernels
+(`cpu_kernels=False`, fp16, no compiler) the step graph runs `StepOps`: reference forms,
+LayerNorm and GELU fused unless `fused_kernels=False`. Tests compare every step with the
+training model's forward.
 
 `ExportPrefill` / `ExportStep` are the same graphs with the cache as explicit inputs and
 outputs (stacked [L, B, N, M, D]), for `mindspore.export` to MindIR (`ExportStep` needs a
