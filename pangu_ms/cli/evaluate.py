@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from pangu_ms.cli import add_checkpoint_args
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="few-shot evaluation and held-out perplexity of a checkpoint",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="run dir, its checkpoints/ dir or one step_XXXXXXXX dir")
+    add_checkpoint_args(p)
     p.add_argument("--task", required=True, help="task name (ascend_configs/tasks/NAME.yaml) or a task YAML path")
     p.add_argument("--shots", type=int, default=None, help="demonstrations per prompt (default: the task's)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per scoring batch")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", choices=["CPU", "Ascend"], default=None,
-                   help="device to run on (default: the checkpoint's run.device)")
     p.set_defaults(func=run)
     return p
 

@@ -13,11 +13,13 @@ import json
 import sys
 import time
 
+from pangu_ms.cli import add_checkpoint_args
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("generate", help="generate text from a checkpoint (K/V-cached decoding)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="run dir, its checkpoints/ dir or one step_XXXXXXXX dir")
+    add_checkpoint_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--input", help="JSON lines file, one {\"prompt\": ...} per line")
@@ -37,8 +39,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="K/V cache length = prompt + new tokens limit (default: the model's seq_length)")
     p.add_argument("--prompt-length", type=int, default=32, help="padded prompt length of the exported graph")
     p.add_argument("--json", action="store_true", help="one JSON line per prompt")
-    p.add_argument("--device", choices=["CPU", "Ascend"], default=None,
-                   help="device to run on (default: the checkpoint's run.device)")
     p.set_defaults(func=run)
     return p
 
