@@ -167,7 +167,9 @@ def read_auto_parallel(net) -> dict:
     MindSpore keeps these on the wrapper (the attributes its compile step reads); there is no
     public getter for most of them.
     """
-    get = lambda name: getattr(net, name)  # noqa: E731
+    def get(name: str):
+        return getattr(net, name)
+
     return {"parallel_mode": get("_parallel_mode"), "dataset_strategy": get("_dataset_strategy_config"),
             "full_batch": get("_full_batch"), "pipeline_stages": net.get_pipeline_stages(),
             "pipeline_interleave": get("_pipeline_interleave"), "pipeline_scheduler": get("_pipeline_scheduler"),

@@ -38,7 +38,7 @@ def dry_run_commands(parallel: ParallelConfig, config: str, overrides: list[str]
         used = st["pool_total"] - st["fragmentation"] - st["framework_reserve"]
         out.append({"stage": stage, "rank": rank, "log_dir": log_dir,
                     "command": "GLOG_v=1 " + " ".join(shlex.quote(a) for a in argv),
-                    "grep": f"grep -hE '{'|'.join(MEMORY_LINES)}' {log_dir}/worker_*.log",
+                    "grep": "grep -hF " + " ".join(f"-e {shlex.quote(x)}" for x in MEMORY_LINES) + f" {log_dir}/worker_*.log",
                     "planner_used_gb": used / GB, "planner_with_fragments_gb": (used + st["fragmentation"]) / GB,
                     "pool_budget_gb": st["pool_budget"] / GB})
     return out
@@ -49,9 +49,9 @@ def format_dry_run(entries: list[dict[str, Any]]) -> str:
              "data first, the dry run reads one batch):"]
     for e in entries:
         lines += [f"# stage {e['stage']} (rank {e['rank']})", e["command"], e["grep"],
-                  f"#   compare 'Used peak memory usage (without fragments)' with {e['planner_used_gb']:.1f} GB and "
-                  f"'Actual peak memory usage (with fragments)' with {e['planner_with_fragments_gb']:.1f} GB "
-                  f"(planner); 'MindSpore Used memory size' is the pool ({e['pool_budget_gb']:.0f} GB assumed)"]
+                  f"#   compare 'Used peak memory usage (without fragments)' with {e['planner_used_gb']:.1f} GiB and "
+                  f"'Actual peak memory usage (with fragments)' with {e['planner_with_fragments_gb']:.1f} GiB "
+                  f"(planner); 'MindSpore Used memory size' is the pool ({e['pool_budget_gb']:.0f} GiB assumed)"]
     lines.append("A measured peak more than ~20% off the planner's is worth a note in docs/parallel_and_launch.md "
                  "with the rank's log lines: it calibrates the planner's assumptions for that device.")
     return "\n".join(lines)
