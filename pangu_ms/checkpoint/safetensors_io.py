@@ -166,7 +166,7 @@ class StreamWriter:
             self.abort()
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+def file_sha256(path: str | Path, chunk: int = 1 << 16) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
