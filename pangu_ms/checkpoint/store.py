@@ -125,7 +125,7 @@ class StepStatus:
     world_size: int = 1
     legacy: bool = False
     rank_bytes: dict[int, int] = field(default_factory=dict)
-    """bytes on disk per rank (the files its rank_<r>/ holds)."""
+    """bytes on disk per rank (the files its rank_<r>/ holds); a rank without a directory is absent."""
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
@@ -156,12 +156,10 @@ def check_step(step_dir: Path, *, verify_ranks: list[int] | None = None) -> Step
     verify = set(range(status.world_size)) if verify_ranks == [-1] else set(verify_ranks or ())
     for rel, info in files.items():
         status.problems += _check_file(step_dir, rel, info, verify_sum=_rank_of(rel) in verify)
-        m = RANK_RE.match(rel.split("/", 1)[0])
-        if m:
-            status.rank_bytes[int(m.group(1))] = status.rank_bytes.get(int(m.group(1)), 0) + int(info["bytes"])
-    missing = [r for r in range(status.world_size) if r not in status.rank_bytes]
-    if missing:
-        status.problems.append(f"manifest lists no files of rank(s) {missing}")
+    listed = {_rank_of(rel) for rel in files} - {None}
+    if listed != set(range(status.world_size)):
+        status.problems.append(f"the manifest lists files of ranks {sorted(listed)}, not 0..{status.world_size - 1}")
+    status.rank_bytes = _present_rank_bytes(step_dir)
     status.complete = not status.problems
     return status
 
