@@ -64,8 +64,8 @@ class RankSource:
                 w.write(n, a)
         return out
 
-    def piece(self, rank: int, name: str) -> np.ndarray:
-        return self.reader(rank).view(name)
+    def read_into(self, rank: int, name: str, out: np.ndarray) -> None:
+        self.reader(rank).read_into(name, out)
 
     def close(self) -> None:
         for r in self._readers.values():
@@ -96,12 +96,12 @@ def assemble(source: RankSource, name: str) -> np.ndarray:
     whole = tuple(slice(0, n) for n in t.shape)
     covered = 0
     for rank, region in source.layout.holders(name, whole):
-        piece = source.piece(rank, name)
         want = tuple(s.stop - s.start for s in region)
-        if tuple(piece.shape) != want:
-            raise CheckpointError(f"{source.step_dir}: rank {rank} stores '{name}' as {tuple(piece.shape)}, the "
+        stored = source.reader(rank).info(name)[1]
+        if stored != want:
+            raise CheckpointError(f"{source.step_dir}: rank {rank} stores '{name}' as {stored}, the "
                                   f"layout says {want}; the rank files do not match layout.json")
-        full[region] = piece
+        source.read_into(rank, name, full[region] if region else full)  # full[()] of a 0-d array is a copy
         covered += math.prod(want)
     if covered != math.prod(t.shape):
         raise CheckpointError(f"{source.step_dir}: the ranks' pieces of '{name}' cover {covered} of "

@@ -88,6 +88,23 @@ class Reader:
         arr = self.view(name)
         return np.array(arr if region is None else arr[region])
 
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Read tensor `name` into `out` (its shape) with plain file reads: nothing stays mapped, so
+        reading many files one tensor at a time keeps the process small."""
+        dtype, shape = self.info(name)
+        if tuple(out.shape) != shape:
+            raise CheckpointError(f"{self.path}: tensor '{name}' is {shape}, not {tuple(out.shape)}")
+        begin, end = self._entry(name)["data_offsets"]
+        dest = out if out.flags.c_contiguous else np.empty(shape, numpy_dtype(dtype))
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.data_start + begin)
+            view = memoryview(dest.reshape(-1).view(np.uint8)) if dest.size else memoryview(b"")
+            got = f.readinto(view) if dest.size else 0
+        if got != end - begin:
+            raise CheckpointError(f"{self.path}: tensor '{name}' is truncated ({got} of {end - begin} bytes)")
+        if dest is not out:
+            out[...] = dest
+
     def close(self) -> None:
         self._map = None
 
