@@ -226,11 +226,12 @@ class StepWriter:
         self.step_dir.mkdir(parents=True, exist_ok=True)
         (self.step_dir / MANIFEST).unlink(missing_ok=True)
 
-    def write_rank(self, write_weights: Callable[[Path], None]) -> Path:
-        """`write_weights(file)` writes this rank's tensors; then rank.json; then the rename."""
+    def write_rank(self, write_weights: Callable[[Path], dict[str, Any] | None]) -> Path:
+        """`write_weights(file)` writes this rank's tensors (and may return more facts for
+        rank.json); then rank.json; then the rename."""
         tmp = self.rank_tmp(self.rank)
-        write_weights(tmp / WEIGHT_FILES[self.fmt])
-        return self.commit_rank(self.rank, tmp)
+        extra = write_weights(tmp / WEIGHT_FILES[self.fmt])
+        return self.commit_rank(self.rank, tmp, extra=extra)
 
     def rank_tmp(self, rank: int) -> Path:
         """A fresh temporary directory for rank `rank`'s files."""
@@ -239,14 +240,16 @@ class StepWriter:
         tmp.mkdir(parents=True)
         return tmp
 
-    def commit_rank(self, rank: int, tmp: Path, sums: dict[str, str] | None = None) -> Path:
+    def commit_rank(self, rank: int, tmp: Path, sums: dict[str, str] | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
         """Describe the weights in `tmp` in rank.json (sha256 from `sums` or computed) and rename
         `tmp` to `rank_<rank>/`."""
         weights = tmp / WEIGHT_FILES[self.fmt]
         sha = (sums or {}).get(weights.name) or file_sha256(weights)
         c = self.layout.coords(rank)
         info = {"rank": rank, "step": self.step, "coords": {"stage": c.stage, "dp": c.dp, "mp": c.mp},
-                "mesh": self.layout.mesh(), "files": {weights.name: {"bytes": weights.stat().st_size, "sha256": sha}}}
+                "mesh": self.layout.mesh(), "files": {weights.name: {"bytes": weights.stat().st_size, "sha256": sha}},
+                **(extra or {})}
         write_json(tmp / RANK_META, info)
         _fsync_dir(tmp)
         final = self.step_dir / rank_dir_name(rank)

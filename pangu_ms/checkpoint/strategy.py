@@ -161,3 +161,27 @@ def read_strategy_file(path: str | Path) -> dict[str, StrategyEntry]:
     if not out:
         raise CheckpointError(f"{path}: the strategy file lists no parameter layouts")
     return out
+
+
+def compare_with_strategy(layout: CheckpointLayout, path: str | Path, rank: int) -> list[str]:
+    """Tensors whose slice on `rank` differs between `layout` and a strategy file (MindSpore's own,
+    written when it compiled the step): one line each, empty when they agree."""
+    per_stage = layout.dp * layout.mp
+    out = []
+    for name, entry in read_strategy_file(path).items():
+        t = layout.tensors.get(name)
+        if t is None or layout.region(rank, name) is None:
+            continue
+        try:
+            theirs = entry.region(rank % per_stage, t.shape)
+        except CheckpointError as exc:
+            out.append(f"{name}: cannot compare ({exc})")
+            continue
+        ours = layout.region(rank, name)
+        if theirs != ours:
+            out.append(f"{name}: strategy {_fmt(theirs)} vs ours {_fmt(ours)}")
+    return out
+
+
+def _fmt(region: tuple[slice, ...]) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"

@@ -110,6 +110,9 @@ class Checkpointer:
         if self.layout.world_size != self.world:
             raise CheckpointError(f"the layout has {self.layout.world_size} ranks but {self.world} processes run")
         self.rank_sum = RankSum(self.world)
+        self.strategy_file = strategy_file_of(job, self.rank) if info is not None and info.mode == "semi_auto_parallel" \
+            else None
+        self._strategy_checked = False
 
     # ------------------------------------------------------------------ save
     def save(self, *, step: int, data_step: int, tokens_seen: int, extra_meta: dict[str, Any] | None = None) -> Path:
@@ -120,8 +123,7 @@ class Checkpointer:
         error: Exception | None = None
         try:
             writer.begin()
-            final = writer.write_rank(lambda f: _save_cell(self.cell, f, fmt, position))
-            self._check_written(final / store.WEIGHT_FILES[fmt])
+            writer.write_rank(lambda f: self._save_and_check(f, fmt, position))
             if self.rank == 0:
                 meta = {**position, "time": time.time(), "weights": store.WEIGHT_FILES[fmt], **(extra_meta or {})}
                 writer.write_shared(meta=meta, config_yaml=self.job.to_yaml(), tokenizer_dir=self.job.tokenizer.path,
@@ -142,19 +144,42 @@ class Checkpointer:
         logger.info("saved checkpoint %s (rank %d of %d)", writer.step_dir, self.rank, self.world)
         return writer.step_dir
 
-    def _check_written(self, path: Path) -> None:
-        """The rank file holds exactly the tensors and local shapes the layout gives this rank."""
+    def _save_and_check(self, path: Path, fmt: str, position: dict[str, int]) -> dict[str, Any] | None:
+        """MindSpore's per-rank save, then the file against the layout our plan predicts for this
+        rank. A difference does not stop training (the rank can still resume from its own file):
+        it is logged and kept in rank.json, and merge/reshard refuse the tensors concerned."""
+        _save_cell(self.cell, path, fmt, position)
+        self._check_strategy_file()
+        problems = self._layout_problems(path)
+        if problems:
+            logger.warning("rank %d saved tensors the plan's layout does not predict (merge and reshard will refuse "
+                           "them): %s", self.rank, "; ".join(problems[:5]))
+            return {"layout_mismatch": problems}
+        return None
+
+    def _layout_problems(self, path: Path) -> list[str]:
         if path.suffix != ".safetensors":
-            return  # a .ckpt would have to be read whole; its crc is checked on load
+            return []  # a .ckpt would have to be read whole; its crc is checked on load
         from pangu_ms.checkpoint.safetensors_io import Reader
 
         r = Reader(path)
         want = {n: self.layout.tensors[n].local_shape for n in self.layout.names_on(self.rank)}
         got = {n: r.info(n)[1] for n in r.names()}
-        if want != got:
-            diff = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
-            raise CheckpointError(f"{path}: rank {self.rank} saved tensors that do not match the plan's layout, e.g. "
-                                  + ", ".join(f"{n} saved {got.get(n)} expected {want.get(n)}" for n in diff[:3]))
+        return [f"{n} saved {got.get(n)} expected {want.get(n)}"
+                for n in sorted(set(want) | set(got)) if want.get(n) != got.get(n)]
+
+    def _check_strategy_file(self) -> None:
+        """On Ascend MindSpore writes its own strategy file when it compiles the step: compare its
+        slices with ours once, so a plan the framework applied differently is reported."""
+        if self._strategy_checked or self.strategy_file is None or not self.strategy_file.is_file():
+            return
+        from pangu_ms.checkpoint.strategy import compare_with_strategy
+
+        self._strategy_checked = True
+        differences = compare_with_strategy(self.layout, self.strategy_file, self.rank)
+        if differences:
+            logger.warning("%s slices %d tensor(s) differently from pangu_ms' layout, e.g. %s", self.strategy_file,
+                           len(differences), "; ".join(differences[:3]))
 
     # ------------------------------------------------------------------ resume
     def resume(self, path: str | Path) -> CheckpointState:
@@ -216,6 +241,11 @@ class Checkpointer:
             raise CheckpointError(f"{step_dir}: checkpoint does not fit this model/optimizer; missing "
                                   f"{len(missing)} tensors, e.g. {missing[0]} (same config as the saved run?)")
         return CheckpointState(path=step_dir, meta=meta, **values)
+
+
+def strategy_file_of(job: JobConfig, rank: int) -> Path:
+    """Where `pangu_ms.parallel.context.init_parallel` has MindSpore write rank `rank`'s strategy."""
+    return Path(job.run.output_dir) / "strategy" / f"strategy_rank{rank}.ckpt"
 
 
 def _save_cell(cell, path: Path, fmt: str, append: dict[str, int]) -> None:

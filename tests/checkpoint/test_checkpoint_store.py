@@ -130,7 +130,8 @@ def test_resume_refuses_another_mesh_and_names_the_reshard_command(tmp_path, ten
         Checkpointer(tmp_path / "x", t.cell, job).resume(d)
 
 
-def test_a_rank_file_that_does_not_match_the_layout_is_refused(tmp_path):
+def test_a_rank_file_the_plan_did_not_predict_is_recorded_and_merge_refuses_it(tmp_path, caplog):
+    from pangu_ms.checkpoint.inference import model_weights
     from pangu_ms.checkpoint.training import Checkpointer
 
     job, t = _trainer(4)
@@ -138,6 +139,21 @@ def test_a_rank_file_that_does_not_match_the_layout_is_refused(tmp_path):
     name = "lm.backbone.final_ln.gamma"
     tl = saver.layout.tensors[name]
     saver.layout.tensors[name] = type(tl)(shape=tl.shape, dtype=tl.dtype, split=(2,))  # pretend the plan split it
-    with pytest.raises(CheckpointError, match=r"final_ln.gamma saved \(128,\) expected \(64,\)"):
-        saver.save(step=1, data_step=1, tokens_seen=1)
-    assert not (store.checkpoints_root(tmp_path / "run") / "step_00000001" / "manifest.json").exists()
+    with caplog.at_level(logging.WARNING):
+        step = saver.save(step=1, data_step=1, tokens_seen=1)  # training goes on: the rank can resume from it
+    assert "final_ln.gamma saved (128,) expected (64,)" in caplog.text
+    info = json.loads((step / "rank_0" / "rank.json").read_text())
+    assert info["layout_mismatch"] == ["lm.backbone.final_ln.gamma saved (128,) expected (64,)"]
+    with pytest.raises(CheckpointError, match=r"stores 'lm.backbone.final_ln.gamma' as \(128,\), the layout says \(64,\)"):
+        model_weights(step)
+
+
+def test_mindspores_own_strategy_file_is_compared_with_our_layout(tmp_path, tensors):
+    from pangu_ms.checkpoint.strategy import compare_with_strategy
+
+    same = write_layout(tmp_path / "a", "mp4_vocab", tensors)
+    other = write_layout(tmp_path / "b", "mp2", tensors)
+    layout = store.read_layout(same)
+    assert compare_with_strategy(layout, same / "strategy.ckpt", rank=3) == []
+    diff = compare_with_strategy(layout, other / "strategy.ckpt", rank=3)
+    assert "lm.backbone.blocks.0.attention.linear_q.weight: strategy [0:128, 64:128] vs ours [0:128, 96:128]" in diff
