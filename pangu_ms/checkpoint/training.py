@@ -138,7 +138,12 @@ class Checkpointer:
                 logger.error("checkpoint %s is incomplete: %d of %d ranks failed to write their files",
                              writer.step_dir, self.world - int(written), self.world)
                 return writer.step_dir
-            writer.write_manifest()
+            try:
+                writer.write_manifest()
+            except (CheckpointError, OSError) as exc:  # e.g. ranks on nodes without a shared filesystem
+                logger.error("checkpoint %s stays incomplete: rank 0 cannot describe every rank's files (%s)",
+                             writer.step_dir, exc)
+                return writer.step_dir
             for old in store.prune(self.root, self.job.checkpoint.keep_last):
                 logger.info("removed old checkpoint %s", old)
         logger.info("saved checkpoint %s (rank %d of %d)", writer.step_dir, self.rank, self.world)
