@@ -4,11 +4,13 @@ Roles are the model's own (`pangu_ms.models.pangu_alpha.MODEL_WEIGHTS` / `LAYER_
 role maps to its name in every foreign format and says whether that format stores the matrix
 transposed relative to ours (ours are [in, out]).
 
-| format | where the names come from | layers | orientation |
-|---|---|---|---|
-| `released` | the 2021 MindSpore code (`PANGUALPHA_Model`), as in the released 2.6B/13B slices | `backbone.blocks.<i>`, `backbone.top_query_layer` | `dense1/2/3` (nn.Dense) [out, in]; `projection`, `mapping` [in, out] |
-| `mindformers` | MindFormers 1.3.2 `PanguAlphaHeadModel` (read from the installed package) | as released; the word and position tables sit under `backbone.embedding.` | as released |
-| `hf` | the Hugging-Face `GPTPanguForCausalLM` layout (`transformer.h.<i>`, the query layer last) | `transformer.h.<i>` | every `nn.Linear` [out, in] |
+- `released`: the 2021 MindSpore code (`PANGUALPHA_Model`), as in the released 2.6B/13B slices.
+  Layers `backbone.blocks.<i>` and `backbone.top_query_layer`; `dense1/2/3` (nn.Dense) store
+  [out, in], `projection` and `mapping` [in, out].
+- `mindformers`: MindFormers 1.3.2 `PanguAlphaHeadModel` (read from the installed package): as
+  released, except that the word and position tables sit under `backbone.embedding.`.
+- `hf`: the Hugging-Face `GPTPanguForCausalLM` layout: `transformer.h.<i>` with the query layer
+  last; every `nn.Linear` stores [out, in].
 
 The released checkpoints ship the three embedding tables as `.npy` files beside the slices
 (`word_embedding.npy`, `position_embedding.npy`, `top_query_embedding.npy`); `NPY_TABLES` names
@@ -154,7 +156,8 @@ def from_format(fmt: str, theirs: dict[str, np.ndarray], shapes: dict[str, tuple
             wrong.append(f"{m.theirs} is {tuple(theirs[m.theirs].shape)}, expected {stored}")
         out[m.ours] = a
     if wrong:
-        raise CheckpointError(f"{source}: {len(wrong)} weight(s) do not fit the model config, e.g. {'; '.join(wrong[:3])}")
+        raise CheckpointError(f"{source}: {len(wrong)} weight(s) do not fit the model config, e.g. "
+                              + "; ".join(wrong[:3]))
     if fmt == "hf" and HF_TIED_HEAD in theirs and not np.array_equal(theirs[HF_TIED_HEAD], out[LM + _word()]):
         raise CheckpointError(f"{source}: {HF_TIED_HEAD} differs from transformer.wte.weight; PanGu-alpha ties the "
                               "output head to the word embedding, an untied head cannot be loaded")

@@ -306,7 +306,7 @@ def copy_tokenizer(src: str | None, dst: Path) -> None:
         shutil.rmtree(dst)
     if src and Path(src).is_dir():
         shutil.copytree(src, dst)
-    else:
+    elif src:
         logger.warning("tokenizer directory %r not found: checkpoint saved without a tokenizer copy", src)
 
 

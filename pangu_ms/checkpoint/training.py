@@ -110,8 +110,8 @@ class Checkpointer:
         if self.layout.world_size != self.world:
             raise CheckpointError(f"the layout has {self.layout.world_size} ranks but {self.world} processes run")
         self.rank_sum = RankSum(self.world)
-        self.strategy_file = strategy_file_of(job, self.rank) if info is not None and info.mode == "semi_auto_parallel" \
-            else None
+        on_ascend = info is not None and info.mode == "semi_auto_parallel"
+        self.strategy_file = strategy_file_of(job, self.rank) if on_ascend else None
         self._strategy_checked = False
 
     # ------------------------------------------------------------------ save

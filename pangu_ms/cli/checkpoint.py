@@ -16,8 +16,6 @@ import json
 import sys
 import time
 
-from pangu_ms.cli import add_config_args
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("checkpoint", help="merge, reshard or inspect per-rank checkpoints",

@@ -5,7 +5,8 @@ A run keeps one `Checkpointer` (every rank saves its own slices and resume loads
 layout. The step-directory format is described in `pangu_ms.checkpoint.store`.
 """
 from pangu_ms.checkpoint.inference import load_for_inference, load_tokenizer, newest_complete
-from pangu_ms.checkpoint.store import STEP_RE, WEIGHT_FILES, checkpoints_root, list_step_dirs, step_dir_name
+from pangu_ms.checkpoint.store import (STEP_RE, WEIGHT_FILES, checkpoints_root, list_step_dirs,
+                                       step_dir_name)
 from pangu_ms.checkpoint.training import (LM_PREFIX, CheckpointState, Checkpointer, compile_for_slices,
                                           load_job_config, read_tensors, resume, save)
 

@@ -25,7 +25,8 @@ RELEASED_INNER = {
     "attention.linear_q.weight": "attention.dense1.weight", "attention.linear_q.bias": "attention.dense1.bias",
     "attention.linear_k.weight": "attention.dense2.weight", "attention.linear_k.bias": "attention.dense2.bias",
     "attention.linear_v.weight": "attention.dense3.weight", "attention.linear_v.bias": "attention.dense3.bias",
-    "attention.linear_out.weight": "attention.projection.weight", "attention.linear_out.bias": "attention.projection.bias",
+    "attention.linear_out.weight": "attention.projection.weight",
+    "attention.linear_out.bias": "attention.projection.bias",
     "ln2.gamma": "layernorm2.gamma", "ln2.beta": "layernorm2.beta",
     "ffn.linear_fc1.weight": "output.mapping.weight", "ffn.linear_fc1.bias": "output.mapping.bias",
     "ffn.linear_fc2.weight": "output.projection.weight", "ffn.linear_fc2.bias": "output.projection.bias",
@@ -247,8 +248,10 @@ def test_hf_round_trip_is_bitwise_and_readable_by_the_safetensors_package(conver
     conf = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (conf["num_layers"], conf["intermediate_size"], conf["max_position_embeddings"]) == (L, 512, 16)
     q = f"transformer.h.{L - 1}"  # the query layer is the last of transformer.h
-    np.testing.assert_array_equal(hf[f"{q}.attn.q_proj.weight"], ours["lm.backbone.query_layer.attention.linear_q.weight"].T)
-    np.testing.assert_array_equal(hf["transformer.h.0.mlp.c_fc.weight"], ours["lm.backbone.blocks.0.ffn.linear_fc1.weight"].T)
+    np.testing.assert_array_equal(hf[f"{q}.attn.q_proj.weight"],
+                                  ours["lm.backbone.query_layer.attention.linear_q.weight"].T)
+    np.testing.assert_array_equal(hf["transformer.h.0.mlp.c_fc.weight"],
+                                  ours["lm.backbone.blocks.0.ffn.linear_fc1.weight"].T)
     np.testing.assert_array_equal(hf["transformer.wqe.weight"], ours["lm.backbone.top_query_embedding.embedding_table"])
     assert "lm_head.weight" not in hf and (tmp_path / "hf" / "vocab.model").is_file()
     assert main(["convert", "--from", "hf", "--src", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0

@@ -144,7 +144,7 @@ def test_a_rank_file_the_plan_did_not_predict_is_recorded_and_merge_refuses_it(t
     assert "final_ln.gamma saved (128,) expected (64,)" in caplog.text
     info = json.loads((step / "rank_0" / "rank.json").read_text())
     assert info["layout_mismatch"] == ["lm.backbone.final_ln.gamma saved (128,) expected (64,)"]
-    with pytest.raises(CheckpointError, match=r"stores 'lm.backbone.final_ln.gamma' as \(128,\), the layout says \(64,\)"):
+    with pytest.raises(CheckpointError, match=r"stores 'lm.backbone.final_ln.gamma' as \(128,\), the layout says"):
         model_weights(step)
 
 

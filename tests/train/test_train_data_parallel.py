@@ -48,8 +48,8 @@ def runs(tmp_path_factory):
 def _msrun(root: Path, tag: str, env: dict, *args: str) -> subprocess.CompletedProcess:
     msrun = shutil.which("msrun", path=env["PATH"])
     port = 8600 + (os.getpid() * 7 + len(tag) * 13) % 900
-    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}", f"--log_dir={root / f'logs_{tag}'}",
-           "--join=True", str(MAIN), *args]
+    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
+           f"--log_dir={root / f'logs_{tag}'}", "--join=True", str(MAIN), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=root)
 
 

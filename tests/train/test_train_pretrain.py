@@ -78,7 +78,8 @@ def test_pretrain_writes_metrics_plot_summary_and_checkpoints(setup):
     assert {p.name for p in (step6 / "rank_0").iterdir()} == {"model.safetensors", "rank.json"}
     manifest = json.loads((step6 / "manifest.json").read_text())
     assert manifest["world_size"] == 1 and "rank_0/model.safetensors" in manifest["files"]
-    assert manifest["files"]["rank_0/model.safetensors"]["bytes"] == (step6 / "rank_0" / "model.safetensors").stat().st_size
+    weights = step6 / "rank_0" / "model.safetensors"
+    assert manifest["files"]["rank_0/model.safetensors"]["bytes"] == weights.stat().st_size
     meta = json.loads((step6 / "meta.json").read_text())
     assert meta["step"] == STEPS and meta["data_step"] == STEPS and meta["loss_scale"] > 0
     assert (meta["micro_batch"], meta["data_shards"], meta["accum_steps"]) == (4, 1, 1)
