@@ -157,3 +157,30 @@ def test_mindspores_own_strategy_file_is_compared_with_our_layout(tmp_path, tens
     assert compare_with_strategy(layout, same / "strategy.ckpt", rank=3) == []
     diff = compare_with_strategy(layout, other / "strategy.ckpt", rank=3)
     assert "lm.backbone.blocks.0.attention.linear_q.weight: strategy [0:128, 64:128] vs ours [0:128, 96:128]" in diff
+
+
+def test_one_file_steps_of_the_earlier_format_still_resume_and_load(tmp_path):
+    import mindspore as ms
+
+    from pangu_ms.checkpoint.inference import load_for_inference
+    from pangu_ms.checkpoint.training import Checkpointer
+
+    job, a = _trainer(5)
+    step = store.checkpoints_root(tmp_path / "old") / "step_00000002"
+    step.mkdir(parents=True)
+    ms.save_checkpoint(a.cell, str(step / "model.ckpt"), append_dict={"step": 2, "data_step": 2, "tokens_seen": 64},
+                       crc_check=True)
+    (step / "meta.json").write_text(json.dumps({"step": 2, "data_step": 2, "tokens_seen": 64}))
+    (step / "config.yaml").write_text(job.to_yaml())
+    _, b = _trainer(6)
+    state = Checkpointer(tmp_path / "new", b.cell, job).resume(tmp_path / "old")
+    assert state.step == 2
+    want = _values(a.cell)
+    for n, v in _values(b.cell).items():
+        np.testing.assert_array_equal(v, want[n], err_msg=n)
+    with pytest.raises(CheckpointError, match="no tokenizer copy"):  # the weights load; this step has no tokenizer
+        load_for_inference(tmp_path / "old")
+    from pangu_ms.checkpoint.inference import model_weights
+
+    weights = model_weights(step)
+    np.testing.assert_array_equal(weights["lm.backbone.final_ln.gamma"], want["lm.backbone.final_ln.gamma"])
