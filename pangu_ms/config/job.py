@@ -1,8 +1,8 @@
 """The whole job: every concept's section composed into `JobConfig`; loading and cross-checks.
 
 YAML top-level keys are `JobConfig`'s fields (`model:`, `tokenizer:`, `data:`, `parallel:`,
-`recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`, `finetune:`), each
-mirroring its dataclass one to one. `validate_job` holds the checks that involve more than
+`recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`, `finetune:`, and for
+PanGu-Sigma `experts:`), each mirroring its dataclass one to one. `validate_job` holds the checks that involve more than
 one section.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from pangu_ms.config.data import DataConfig
+from pangu_ms.config.experts import ExpertsConfig
 from pangu_ms.config.finetune import FinetuneConfig
 from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml
 from pangu_ms.config.model import ModelConfig
@@ -40,6 +41,13 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    experts: ExpertsConfig | None = None
+    """PanGu-Sigma's sparse layers; None (no `experts:` section): the dense PanGu-alpha."""
+
+    @property
+    def family(self) -> str:
+        """The model family: 'pangu_sigma' with an `experts:` section, else 'pangu_alpha'."""
+        return "pangu_alpha" if self.experts is None else "pangu_sigma"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
