@@ -10,9 +10,13 @@ names carry `prefix` (the checkpoint's `lm.`). An RRE layer at path P holds
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from pangu_ms.checkpoint import store
 from pangu_ms.config import DomainConfig, ExpertsConfig, ModelConfig
 from pangu_ms.errors import CheckpointError
 from pangu_ms.models.pangu_sigma import EXPERT_PARAMS, ROUTE, domain_table, routing_table
@@ -138,3 +142,126 @@ def extract_domain(weights: dict[str, np.ndarray], cfg: ModelConfig, experts: Ex
         route = _need(weights, f"{prefix}{ffn}.{ROUTE}", "sigma checkpoint")
         out[f"{prefix}{ffn}.{ROUTE}"] = (route[d:d + 1] - off).astype(np.int32)
     return out, dataclasses.replace(experts, domains=[DomainConfig(name=name, experts=n)])
+
+
+# --------------------------------------------------------------------------- checkpoints on disk
+
+LM = "lm."
+
+
+def read_model(path: str | Path) -> tuple[Path, Any, dict[str, np.ndarray], dict[str, Any]]:
+    """(step dir, JobConfig, `lm.*` weights, meta) of the newest complete checkpoint under `path`,
+    assembled whole from any layout (the optimizer state is not read)."""
+    from pangu_ms.checkpoint.inference import model_weights, newest_complete
+    from pangu_ms.checkpoint.training import load_job_config
+
+    step_dir = newest_complete(path)
+    return step_dir, load_job_config(step_dir), model_weights(step_dir), store.read_json(step_dir / store.META)
+
+
+def write_model(out_run_dir: str | Path, job, weights: dict[str, np.ndarray], *, step: int,
+                tokenizer_dir: str | None, extra_meta: dict[str, Any] | None = None) -> Path:
+    """A complete one-rank checkpoint (weights only) of `weights` under `out_run_dir/checkpoints/`,
+    with `job` as its config.yaml (the mesh set to one device)."""
+    from pangu_ms.checkpoint.layout import build_layout
+    from pangu_ms.checkpoint.reshard import write_step
+    from pangu_ms.checkpoint.safetensors_io import dtype_name
+
+    root = store.checkpoints_root(out_run_dir)
+    if store.list_step_dirs(root):
+        raise CheckpointError(f"{out_run_dir} already holds checkpoints; write to a new directory")
+    arrays = {k: np.ascontiguousarray(v) for k, v in weights.items()}
+    layout = build_layout([(k, v.shape, dtype_name(v.dtype)) for k, v in arrays.items()], {})
+    job = dataclasses.replace(job, parallel=dataclasses.replace(job.parallel, dp=1, mp=1, pp=1, ep=1,
+                                                                optimizer_shard=False))
+    meta = {"step": step, "data_step": 0, "tokens_seen": 0, "time": time.time(), "weights": "model.safetensors",
+            **(extra_meta or {})}
+    return write_step(root, step, layout, arrays.__getitem__, meta=meta, config_yaml=job.to_yaml(),
+                      tokenizer_dir=tokenizer_dir, params=set(arrays))
+
+
+def model_bytes(weights: dict[str, np.ndarray]) -> int:
+    return int(sum(v.nbytes for v in weights.values()))
+
+
+def _tokenizer_dir(step_dir: Path) -> str | None:
+    d = step_dir / store.TOKENIZER
+    return str(d) if d.is_dir() else None
+
+
+SHAPE_FIELDS = ("vocab_size", "seq_length", "num_layers", "hidden_size", "ffn_hidden_size", "num_heads")
+
+
+def init_from_dense(src: str | Path, sigma_job, out_run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """`sigma init`: the Sigma checkpoint of `sigma_job` (a config with `experts:`) from the dense
+    PanGu-alpha checkpoint under `src`. Returns (step dir, report)."""
+    if sigma_job.experts is None:
+        raise CheckpointError("sigma init: the --config has no experts: section; use a PanGu-Sigma config "
+                              "(e.g. ascend_configs/models/pangu_sigma_tiny.yaml)")
+    step_dir, dense_job, weights, _ = read_model(src)
+    if dense_job.experts is not None:
+        raise CheckpointError(f"sigma init: {step_dir} is already a PanGu-Sigma checkpoint; --from takes a "
+                              "dense PanGu-alpha one")
+    diff = [f"model.{f}: checkpoint {getattr(dense_job.model, f)} vs config {getattr(sigma_job.model, f)}"
+            for f in SHAPE_FIELDS if getattr(dense_job.model, f) != getattr(sigma_job.model, f)]
+    if diff:
+        raise CheckpointError(f"sigma init: the config's dense shape differs from {step_dir}'s ({'; '.join(diff)}); "
+                              "base the Sigma config on the dense model's config")
+    sparse = dense_to_sparse(weights, sigma_job.model, sigma_job.experts, prefix=LM)
+    out = write_model(out_run_dir, sigma_job, sparse, step=0, tokenizer_dir=_tokenizer_dir(step_dir),
+                      extra_meta={"sigma": {"init_from": str(step_dir)}})
+    return out, {"from": str(step_dir), "dense_bytes": model_bytes(weights), "sigma_bytes": model_bytes(sparse)}
+
+
+def _sigma_source(path: str | Path, what: str):
+    step_dir, job, weights, meta = read_model(path)
+    if job.experts is None:
+        raise CheckpointError(f"sigma {what}: {step_dir} is a dense PanGu-alpha checkpoint; run `sigma init` first")
+    return step_dir, job, weights, meta
+
+
+def edit_domains(path: str | Path, out_run_dir: str | Path, action: str, name: str, *, num_experts: int = 0,
+                 from_domain: str | None = None, from_dense: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """`sigma add-domain | remove-domain | extract` on the checkpoint under `path`; returns
+    (step dir written, report with both sizes and the domains before and after)."""
+    step_dir, job, weights, meta = _sigma_source(path, action)
+    cfg, ex = job.model, job.experts
+    if action == "add-domain":
+        dense = None
+        if from_dense is not None:
+            dense_dir, dense_job, dense, _ = read_model(from_dense)
+            if dense_job.experts is not None or any(getattr(dense_job.model, f) != getattr(cfg, f)
+                                                    for f in SHAPE_FIELDS):
+                raise CheckpointError(f"sigma add-domain: --from-dense {dense_dir} is not a dense model of this "
+                                      "Sigma model's shape")
+        new, new_ex = add_domain(weights, cfg, ex, name, num_experts, from_domain=from_domain, dense=dense,
+                                 prefix=LM)
+    elif action == "remove-domain":
+        new, new_ex = remove_domain(weights, cfg, ex, name, prefix=LM)
+    elif action == "extract":
+        new, new_ex = extract_domain(weights, cfg, ex, name, prefix=LM)
+    else:
+        raise ValueError(f"edit_domains: unknown action {action!r}")
+    new_job = dataclasses.replace(job, experts=new_ex)
+    out = write_model(out_run_dir, new_job, new, step=int(meta.get("step", 0)), tokenizer_dir=_tokenizer_dir(step_dir),
+                      extra_meta={"sigma": {action: name, "from": str(step_dir)}})
+    return out, {"from": str(step_dir), "source_bytes": model_bytes(weights), "output_bytes": model_bytes(new),
+                 "domains_before": ex.domain_names, "domains_after": new_ex.domain_names,
+                 "experts_before": ex.num_experts, "experts_after": new_ex.num_experts}
+
+
+def load_sigma_lm(path: str | Path):
+    """(JobConfig, PanguSigmaLM in eval mode with the checkpoint's weights) from a Sigma checkpoint."""
+    import mindspore as ms
+
+    from pangu_ms.checkpoint.training import load_into
+    from pangu_ms.models.pangu_sigma import PanguSigmaLM
+
+    step_dir, job, weights, _ = _sigma_source(path, "load")
+    lm = PanguSigmaLM(job.model, job.experts)
+    tensors = {k[len(LM):]: ms.Parameter(ms.Tensor(v), name=k[len(LM):]) for k, v in weights.items()}
+    missing = load_into(lm, tensors, step_dir)
+    if missing:
+        raise CheckpointError(f"{step_dir}: weights do not fit the Sigma config: missing {missing[:3]}")
+    lm.set_train(False)
+    return job, lm

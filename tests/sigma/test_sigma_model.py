@@ -117,11 +117,11 @@ def _load(lm, weights):
     ms.load_param_into_net(lm, {k: ms.Parameter(Tensor(v), name=k) for k, v in weights.items()}, strict_load=True)
 
 
-@pytest.mark.parametrize("experts,exact", [
-    (ExpertsConfig(domains=[DomainConfig("all", 1)], num_sparse_layers=0), True),
-    (ExpertsConfig(domains=[DomainConfig("all", 1)], num_sparse_layers=3), False),
-])
-def test_no_sparse_layer_or_one_expert_is_pangu_alpha(tiny_lm, experts, exact):
+@pytest.mark.parametrize("experts", [
+    ExpertsConfig(domains=[DomainConfig("all", 1)], num_sparse_layers=0),
+    ExpertsConfig(domains=[DomainConfig("all", 1)], num_sparse_layers=3),
+], ids=["no_sparse_layer", "one_expert_everywhere"])
+def test_no_sparse_layer_or_one_expert_is_pangu_alpha(tiny_lm, experts):
     cfg = tiny_lm.config
     sigma = PanguSigmaLM(cfg, experts)
     sigma.set_train(False)
@@ -129,10 +129,8 @@ def test_no_sparse_layer_or_one_expert_is_pangu_alpha(tiny_lm, experts, exact):
     ids, pos, mask = _batch(cfg)
     want = tiny_lm(ids, pos, mask).asnumpy()
     got = sigma(ids, pos, mask, Tensor(np.zeros(2, np.int32))).asnumpy()
-    if exact:  # the same ops on the same weights
-        np.testing.assert_array_equal(got, want)
-    else:  # the expert FFN is a batched matmul: the same sums in another blocking
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # bitwise: the one expert's batched matmul sums like the dense matmul (MindSpore 2.10 CPU)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_parameter_count_formula_matches_instantiation():
