@@ -95,7 +95,8 @@ def validate_job(job: JobConfig, command: str) -> None:
     the config. Per command:
     - prepare: a tokenizer trained here has at most model.vocab_size pieces;
     - pretrain: the global batch splits into dp * micro_batches * grad_accum_steps parts;
-    - finetune: its rows fit the model (finetune.max_tokens <= model.seq_length).
+    - finetune: its rows fit the model (finetune.max_tokens <= model.seq_length);
+    - prepare, pretrain of PanGu-Sigma: every data source names one of the experts' domains.
     """
     if command not in COMMANDS_CHECKED:
         raise ValueError(f"validate_job: command {command!r} is not one of {COMMANDS_CHECKED}")
@@ -109,6 +110,12 @@ def validate_job(job: JobConfig, command: str) -> None:
         problems.append(f"train.global_batch_size={t.global_batch_size} is not divisible by parallel.dp*micro_batches*"
                         f"train.grad_accum_steps = {p.dp}*{p.micro_batches}*{t.grad_accum_steps} = {unit}: use a "
                         f"multiple of {unit}")
+    if command in ("prepare", "pretrain") and job.experts is not None:
+        known = job.experts.domain_names
+        for i, src in enumerate(job.data.sources):
+            if src.domain not in known:
+                problems.append(f"data.sources[{i}] ({src.name}): domain={src.domain!r} is not one of experts.domains "
+                                f"({', '.join(known)}); a PanGu-Sigma job names each source's domain")
     if command == "finetune" and job.finetune.max_tokens > m.seq_length:
         problems.append(f"finetune.max_tokens={job.finetune.max_tokens} exceeds model.seq_length={m.seq_length}: "
                         f"lower finetune.max_tokens to at most {m.seq_length}")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pangu_ms.data.dataset import ROW_COLUMN, row_schema
+from pangu_ms.data.shards import DOMAIN_COLUMN
 from pangu_ms.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,10 @@ def pack_rows(docs: list[list[int]], seq_length: int, eod_id: int, *,
                   "tail_tokens_dropped": int(tail if pad_id is None else 0), "pad_tokens": int(padded)}
 
 
-def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: int) -> list[str]:
-    """Write rows as `<out_dir>/<split>/<split>.mindrecord<k>` through a temporary directory.
+def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: int,
+                 domains: np.ndarray | None = None) -> list[str]:
+    """Write rows as `<out_dir>/<split>/<split>.mindrecord<k>` through a temporary directory
+    (with `domains` [N], PanGu-Sigma's domain id of each row in a second column).
 
     The old `<split>` directory is replaced only after every new shard is committed, so an
     interrupted run leaves either the old complete set or a `.tmp-*` directory, never a
@@ -118,10 +121,16 @@ def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: 
             writer = FileWriter(str(tmp / f"{split}.mindrecord{s}"), shard_num=1, overwrite=True)
             writer.set_header_size(1 << 16)
             writer.set_page_size(1 << 22)
-            writer.add_schema(row_schema(rows.shape[1] - 1), f"pangu_ms {split} rows")
+            schema = row_schema(rows.shape[1] - 1, domains=domains is not None)
+            writer.add_schema(schema, f"pangu_ms {split} rows")
             block = rows[bounds[s]:bounds[s + 1]]
+            dom = None if domains is None else np.asarray(domains, np.int32)[bounds[s]:bounds[s + 1]]
             for i in range(0, len(block), 4096):
-                writer.write_raw_data([{ROW_COLUMN: r} for r in block[i:i + 4096]])
+                if dom is None:
+                    writer.write_raw_data([{ROW_COLUMN: r} for r in block[i:i + 4096]])
+                else:
+                    writer.write_raw_data([{ROW_COLUMN: r, DOMAIN_COLUMN: int(d)}
+                                           for r, d in zip(block[i:i + 4096], dom[i:i + 4096])])
             writer.commit()
         final = out / split
         if final.exists():

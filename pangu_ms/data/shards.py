@@ -14,6 +14,8 @@ from pathlib import Path
 from pangu_ms.errors import DataError
 
 ROW_COLUMN = "input_ids"
+DOMAIN_COLUMN = "domain_id"
+"""PanGu-Sigma shards: the domain id of each row (int32; a row never mixes domains)."""
 SPLITS = ("train", "heldout")
 MANIFEST = "manifest.json"
 
