@@ -4,7 +4,7 @@ domain's sub-model. `pangu_ms.cli.sigma` reads and writes the checkpoints around
 
 Every function takes and returns `{name: array}` of one model plus its `ExpertsConfig`; the
 names carry `prefix` (the checkpoint's `lm.`). An RRE layer at path P holds
-`P.ffn.expert_w1 [E, H, F]`, `expert_b1 [E, F]`, `expert_w2 [E, F, H]`, `expert_b2 [E, H]` and
+`P.ffn.expert_w1 [E, H, F]`, `expert_b1 [E, 1, F]`, `expert_w2 [E, F, H]`, `expert_b2 [E, 1, H]` and
 `P.ffn.route [D, V]`; a domain's experts are the contiguous rows `expert_offsets()[d]` onward.
 """
 from __future__ import annotations
@@ -23,7 +23,13 @@ from pangu_ms.models.pangu_sigma import EXPERT_PARAMS, ROUTE, domain_table, rout
 
 DENSE_FFN = {"expert_w1": "linear_fc1.weight", "expert_b1": "linear_fc1.bias",
              "expert_w2": "linear_fc2.weight", "expert_b2": "linear_fc2.bias"}
-"""expert tensor -> the dense FFN tensor it copies (same shape without the leading E axis)."""
+"""expert tensor -> the dense FFN tensor it copies (one expert's slice: [H, F], [1, F], [F, H], [1, H])."""
+
+
+def _expert_copies(w: np.ndarray, n: int) -> np.ndarray:
+    """n copies of a dense FFN tensor as expert rows: [n, *w] for weights, [n, 1, *w] for biases."""
+    w = w.reshape((1,) + w.shape) if w.ndim == 1 else w
+    return np.ascontiguousarray(np.broadcast_to(w, (n,) + w.shape))
 
 
 def layer_path(cfg: ModelConfig, index: int) -> str:
@@ -54,7 +60,7 @@ def dense_to_sparse(dense: dict[str, np.ndarray], cfg: ModelConfig, experts: Exp
             name = f"{prefix}{ffn}.{theirs}"
             w = _need(dense, name, "dense checkpoint")
             del out[name]
-            out[f"{prefix}{ffn}.{ours}"] = np.ascontiguousarray(np.broadcast_to(w, (e,) + w.shape))
+            out[f"{prefix}{ffn}.{ours}"] = _expert_copies(w, e)
         out[f"{prefix}{ffn}.{ROUTE}"] = routing_table(experts, cfg.vocab_size, index)
     return out
 
@@ -104,7 +110,7 @@ def add_domain(weights: dict[str, np.ndarray], cfg: ModelConfig, experts: Expert
             for p, dense_name in DENSE_FFN.items():
                 w = _need(weights, f"{prefix}{ffn}.{p}", "sigma checkpoint")
                 base = _need(dense, f"{prefix}{ffn}.{dense_name}", "dense checkpoint")
-                out[f"{prefix}{ffn}.{p}"] = np.concatenate([w, np.broadcast_to(base, (num_experts,) + base.shape)])
+                out[f"{prefix}{ffn}.{p}"] = np.concatenate([w, _expert_copies(base, num_experts)])
             row = domain_table(experts.routing_seed, index, new_d, cfg.vocab_size, new_off, num_experts)
         out[f"{prefix}{ffn}.{ROUTE}"] = np.concatenate([route, row[None]]).astype(np.int32)
     domains = list(experts.domains) + [DomainConfig(name=name, experts=num_experts)]

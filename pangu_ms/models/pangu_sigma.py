@@ -76,7 +76,8 @@ def route_tokens(table: np.ndarray, input_ids: np.ndarray, domain_ids: np.ndarra
 class RandomRoutedExperts(nn.Cell):
     """The RRE layer's FFN: (x [T, H] fp32, route key [T] int32 = domain * V + token) -> [T, H].
 
-    `expert_w1` [E, H, F], `expert_b1` [E, F], `expert_w2` [E, F, H], `expert_b2` [E, H];
+    `expert_w1` [E, H, F], `expert_b1` [E, 1, F], `expert_w2` [E, F, H], `expert_b2` [E, 1, H] (the
+    biases 3-D so that the op adding them states their layout);
     `route` [D, V] int32 (requires_grad False). Dispatch (`dispatch`, an unsorted segment sum
     into E*C+1 slots) and combine (`combine`, a gather back) are the named ops a plan shards.
     """
@@ -88,9 +89,9 @@ class RandomRoutedExperts(nn.Cell):
         self.num_experts = e
         self.capacity_factor = experts.capacity_factor
         self.expert_w1 = Parameter(initializer(Normal(sigma=cfg.init_std), (e, h, f), ms.float32), name="expert_w1")
-        self.expert_b1 = Parameter(initializer(Zero(), (e, f), ms.float32), name="expert_b1")
+        self.expert_b1 = Parameter(initializer(Zero(), (e, 1, f), ms.float32), name="expert_b1")
         self.expert_w2 = Parameter(initializer(Normal(sigma=out_std), (e, f, h), ms.float32), name="expert_w2")
-        self.expert_b2 = Parameter(initializer(Zero(), (e, h), ms.float32), name="expert_b2")
+        self.expert_b2 = Parameter(initializer(Zero(), (e, 1, h), ms.float32), name="expert_b2")
         self.route = Parameter(Tensor(np.asarray(table, np.int32)), name=ROUTE, requires_grad=False)
         self.lookup = P.Gather()
         self.one_hot = P.OneHot()
@@ -137,13 +138,13 @@ class RandomRoutedExperts(nn.Cell):
         z = self.fc1(buf, w1)  # [E, C, F]
         if self.low_precision:
             z = self.cast(z, ms.float32)
-        a = self.activation(self.bias1(z, self.expert_b1.reshape(e, 1, -1)))  # [E, C, F]
+        a = self.activation(self.bias1(z, self.expert_b1))  # [E, C, F]
         if self.low_precision:
             a = self.cast(a, self.dtype)
         y = self.fc2(a, w2)  # [E, C, H]
         if self.low_precision:
             y = self.cast(y, ms.float32)
-        y = self.bias2(y, self.expert_b2.reshape(e, 1, h)).reshape(e * c, h)  # [E*C, H]
+        y = self.bias2(y, self.expert_b2).reshape(e * c, h)  # [E*C, H]
         y = self.concat((y, ms.ops.zeros((1, h), ms.float32)))  # the drop slot gives 0
         out = self.combine(y, slot, 0)  # [T, H]
         if self.dropout is not None:

@@ -50,7 +50,7 @@ def _layer_case(capacity_factor):
     ms.set_seed(3)
     layer = RandomRoutedExperts(cfg, ex, table)
     rng = np.random.default_rng(0)
-    for p in (layer.expert_b1, layer.expert_b2):  # non-zero biases so they are checked too
+    for p in (layer.expert_b1, layer.expert_b2):  # non-zero biases [E, 1, n] so they are checked too
         p.set_data(Tensor(rng.normal(0, 0.1, p.shape).astype(np.float32)))
     b, s = 3, 16
     tokens = rng.integers(0, cfg.vocab_size, (b, s)).astype(np.int32)
@@ -58,7 +58,8 @@ def _layer_case(capacity_factor):
     x = rng.normal(0, 1, (b * s, cfg.hidden_size)).astype(np.float32)
     key = (domains[:, None] * cfg.vocab_size + tokens).reshape(-1).astype(np.int32)
     got = layer(Tensor(x), Tensor(key)).asnumpy()
-    w = {n: getattr(layer, n).asnumpy() for n in ("expert_w1", "expert_b1", "expert_w2", "expert_b2")}
+    w = {n: getattr(layer, n).asnumpy().squeeze() if "_b" in n else getattr(layer, n).asnumpy()
+         for n in ("expert_w1", "expert_b1", "expert_w2", "expert_b2")}
     want = np_rre(x, tokens.reshape(-1), np.repeat(domains, s), table, w["expert_w1"], w["expert_b1"],
                   w["expert_w2"], w["expert_b2"], ex.capacity(b * s))
     return got, want, ex, b * s
