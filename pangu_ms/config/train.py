@@ -40,6 +40,10 @@ class TrainConfig:
     """held-out batches per evaluation."""
     log_every: int = 10
     """metrics log line every this many steps."""
+    init_from: str = ""
+    """start from the model weights of this checkpoint (run dir, checkpoints/ or step dir; no
+    optimizer state, step 0), e.g. a `sigma init` output or a dense model to continue; ignored
+    on --resume. Empty: random initialisation."""
 
     def __post_init__(self) -> None:
         check_choices(self)
