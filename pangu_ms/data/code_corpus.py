@@ -49,6 +49,7 @@ JSONL_FIELDS = ("text", "content")
 INSTALLED_DIRS = {"site-packages", "dist-packages"}
 # code tokens for the n-gram check: identifiers/numbers, or one punctuation character
 _CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
+LOAD_SKIPS = ("bad_json", "missing_text_field")  # JSONL lines that hold no code record
 FILTERS = ("too_large", "undecodable", "unparsable", "empty", "long_mean_line", "long_line", "duplicate",
            "humaneval_entry_point", "humaneval_ngram")
 
@@ -83,7 +84,7 @@ class CodeCorpus:
     def report(self) -> dict:
         """Counts per filter and per split, JSON-ready."""
         return {"corpus": self.name, "root": self.root, "files_in": self.files_in, "bytes_in": self.bytes_in,
-                "dropped": {k: self.dropped[k] for k in FILTERS if self.dropped[k]},
+                "dropped": {k: self.dropped[k] for k in FILTERS + LOAD_SKIPS if self.dropped[k]},
                 "dropped_bytes": {k: self.dropped_bytes[k] for k in FILTERS if self.dropped[k]},
                 "train_files": len(self.train), "train_bytes": _nbytes(self.train),
                 "heldout_files": len(self.heldout), "heldout_bytes": _nbytes(self.heldout),
