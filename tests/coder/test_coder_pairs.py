@@ -141,7 +141,9 @@ def test_stdlib_pairs_counts_and_reconstruction(stdlib_corpus):
     for p in pairs[::50]:
         ast.parse(p.code)
         # an independent cut: the function's lines from its node, dedented by its def's indentation
-        tree = trees.setdefault(p.file, ast.parse(by_file[p.file]))
+        if p.file not in trees:
+            trees[p.file] = ast.parse(by_file[p.file])
+        tree = trees[p.file]
         node = next(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
                     and n.lineno == p.lineno and n.name == p.name)
         start = node.decorator_list[0] if node.decorator_list else node
