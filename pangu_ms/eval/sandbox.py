@@ -104,6 +104,9 @@ class Isolation:
 class SandboxFailure(Exception):
     """The sandboxed program died, timed out or sent something that is not an answer."""
 
+    ended = ""
+    """how the sandbox ended, when it was closed on the way ('exit N' / 'signal N')."""
+
 
 class CandidateRaised(Exception):
     """The candidate function raised; the message is its exception's type and text."""
@@ -165,6 +168,21 @@ def _tasks_of(uid: int) -> int:
     return n
 
 
+def _live_pids(uid: int) -> list[int]:
+    """Processes of `uid` that have not exited (zombies excluded: they hold nothing)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(int(pid))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
 def _root_layout() -> tuple[list[str], list[str], dict[str, str]]:
     """(directories to bind read-only, installed-package directories to hide, top-level links)."""
     prefix = os.path.realpath(sys.base_prefix)
@@ -199,6 +217,7 @@ class Sandbox:
         self.reply_r, reply_w = os.pipe()
         uid = 100_000 + int.from_bytes(os.urandom(4), "big") % 800_000  # a uid no one else uses
         real_uid = os.getuid()
+        self.uid = uid if mode == "namespaces" else real_uid
         work_cfg = {"call_fd": call_r, "reply_fd": reply_w, "memory_mb": limits.memory_mb,
                     "cpu_seconds": limits.cpu_seconds, "file_mb": limits.file_mb,
                     "nproc": limits.processes + (0 if mode == "namespaces" else _tasks_of(real_uid))}
@@ -235,8 +254,9 @@ class Sandbox:
             if tag != "ready":
                 raise SandboxFailure(f"unexpected {tag!r} before the program loaded")
         except (SandboxFailure, OSError) as exc:
-            self.failure_output = self.close()
-            raise SandboxFailure(f"{exc}" if not isinstance(exc, OSError) else "exited") from None
+            failure = SandboxFailure(f"{exc}" if not isinstance(exc, OSError) else "exited")
+            failure.ended = self.close()
+            raise failure from None
         self.deadline = time.monotonic() + limits.timeout
 
     def _collect(self) -> None:
@@ -279,6 +299,15 @@ class Sandbox:
         except (ProcessLookupError, PermissionError):
             pass
         rc = self.proc.wait()
+        if self.mode == "namespaces":  # the PID namespace dies with its init; wait until it is gone
+            deadline = time.monotonic() + 5.0
+            while (left := _live_pids(self.uid)) and time.monotonic() < deadline:
+                for pid in left:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.01)
         self._drain.join(timeout=5)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return f"signal {-rc}" if rc < 0 else f"exit {rc}"
@@ -342,7 +371,7 @@ def check_completion(prompt: str, test: str, entry_point: str, completion: str, 
                      mode: str) -> dict:
     """Verdict of one completion: {'passed', 'result', 'seconds'} (trusted: runs in the checker)."""
     t0 = time.monotonic()
-    box = None
+    box, ended = None, ""
     try:
         box = Sandbox(prompt + completion, entry_point, limits, mode)
         checker_ns: dict = {"__name__": "__checker__"}
@@ -353,13 +382,14 @@ def check_completion(prompt: str, test: str, entry_point: str, completion: str, 
         verdict = (True, "passed")
     except SandboxFailure as exc:
         verdict = (False, f"failed: sandbox {exc}")
+        ended = exc.ended
     except CandidateRaised as exc:
         verdict = (False, f"failed: raised {exc}")
     except AssertionError as exc:
         verdict = (False, f"failed: assertion{': ' + str(exc)[:120] if str(exc) else ''}")
     except Exception as exc:  # the test raised on a wrong value (e.g. a None where it expected a float)
         verdict = (False, f"failed: test raised {type(exc).__name__}: {str(exc)[:120]}")
-    ended = box.close() if box is not None else "not started"
+    ended = box.close() if box is not None else ended
     return {"passed": verdict[0], "result": verdict[1], "ended": ended,
             "seconds": round(time.monotonic() - t0, 3)}
 
