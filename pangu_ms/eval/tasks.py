@@ -19,10 +19,11 @@ import dataclasses
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 
 from pangu_ms.config import build_dataclass
-from pangu_ms.config.loader import read_mapping
+from pangu_ms.config.loader import check_choices, read_mapping
 from pangu_ms.errors import ConfigError
 
 TASK_PACKAGE = "pangu_ms.ascend_configs"  # the repository's ascend_configs/, carried by the wheel
@@ -75,13 +76,13 @@ class TaskConfig:
     """humaneval: sampling temperature (0: greedy, which needs samples: 1)."""
     top_p: float = 1.0
     """humaneval: nucleus sampling mass."""
-    prompt_format: str = "raw"
+    prompt_format: Literal['raw', 'tagged'] = "raw"
     """humaneval: raw (the prompt as written) or tagged (`<comments> docstring <python> code`)."""
     timeout: float = 5.0
     """humaneval: wall seconds for the test's calls of one completion."""
     workers: int = 0
     """humaneval: checker processes in parallel (0: all cores)."""
-    isolation: str = "auto"
+    isolation: Literal['auto', 'namespaces', 'userns', 'none'] = "auto"
     """humaneval: sandbox isolation, auto (the strongest that works here), namespaces, userns or none."""
 
     def __post_init__(self) -> None:
@@ -110,12 +111,9 @@ class TaskConfig:
                               "one completion; use samples: 1, or a temperature > 0 to sample several")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p}: must be in (0, 1]")
-        if self.prompt_format not in ("raw", "tagged"):
-            raise ConfigError(f"prompt_format={self.prompt_format!r}: use raw or tagged")
+        check_choices(self)
         if self.timeout <= 0 or self.workers < 0:
             raise ConfigError(f"timeout={self.timeout}, workers={self.workers}: need timeout > 0 and workers >= 0")
-        if self.isolation not in ("auto", "namespaces", "userns", "none"):
-            raise ConfigError(f"isolation={self.isolation!r}: use auto, namespaces, userns or none")
 
     def render(self, text: str, label_text: str = "") -> tuple[str, str]:
         """(prompt up to {label}, label_text + whatever follows {label}) for one example."""

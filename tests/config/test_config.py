@@ -131,6 +131,8 @@ def test_every_choice_field_is_a_literal_checked_by_the_loader():
         "RecomputeConfig.mode": ("none", "full", "selective"), "ScheduleConfig.kind": ("cosine", "constant"),
         "CheckpointConfig.format": ("ckpt", "safetensors"), "RunConfig.device": ("CPU", "Ascend"),
         "RunConfig.mode": ("graph", "pynative"), "FinetuneConfig.method": ("full", "lora"),
+        "TokenizerConfig.kind": ("pangu", "code"), "TokenizerConfig.indentation": ("verbatim", "tokens"),
+        "CodeConfig.pair_layout": ("tagged", "inline"),
     }
 
 
