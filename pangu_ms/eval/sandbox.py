@@ -397,6 +397,8 @@ def check_completion(prompt: str, test: str, entry_point: str, completion: str, 
 def _checker_main() -> int:
     """`python -I sandbox.py --checker`: one problem's job on stdin, verdicts (JSON) on stdout."""
     job = json.loads(sys.stdin.read())
+    if hasattr(sys, "set_int_max_str_digits"):  # big ints cross the pipe both ways
+        sys.set_int_max_str_digits(0)
     limits = Limits(**job["limits"])
     out = [check_completion(job["prompt"], job["test"], job["entry_point"], c, limits, job["mode"])
            for c in job["completions"]]
