@@ -71,12 +71,37 @@ HOSTILE = {
 }
 
 
+class _Witness:
+    """What a hostile run must leave alone: an evaluator file (content and mtime), the directory
+    around it (no new file) and a listener on 127.0.0.1 (nothing accepted)."""
+
+    def __init__(self, tmp_path):
+        self.dir = tmp_path
+        self.file = tmp_path / "evaluator_results.jsonl"
+        self.file.write_text('{"task_id": "x", "passed": false}\n')
+        self.before = (self.file.read_text(), self.file.stat().st_mtime_ns, sorted(os.listdir(tmp_path)))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+
+    def assert_untouched(self, mode):
+        assert (self.file.read_text(), self.file.stat().st_mtime_ns, sorted(os.listdir(self.dir))) == self.before
+        with pytest.raises(BlockingIOError):
+            self.listener.accept()
+        self.listener.close()
+        assert _run("    return x + y\n", mode)["passed"]  # the evaluator and the checker still work
+
+
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_completion_is_contained_and_fails(mode, name):
+def test_hostile_completion_is_contained_and_fails(mode, name, tmp_path):
+    witness = _Witness(tmp_path)
     t0 = time.monotonic()
     v = _run(HOSTILE[name], mode)
     assert not v["passed"] and v["result"].startswith("failed"), v
     assert time.monotonic() - t0 < LIMITS.timeout + LIMITS.load_timeout + 10
+    witness.assert_untouched(mode)
 
 
 def _live_processes_of(uid: int) -> list[str]:
@@ -111,14 +136,8 @@ def _child_pid(box: Sandbox) -> int:
 
 
 def test_nothing_outside_is_written_or_killed_and_no_network(mode, tmp_path):
-    sentinel = tmp_path / "evaluator_results.jsonl"
-    sentinel.write_text('{"task_id": "x", "passed": false}\n')
-    before = (sentinel.read_text(), sentinel.stat().st_mtime_ns)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.setblocking(False)
-    port = listener.getsockname()[1]
+    witness = _Witness(tmp_path)
+    sentinel, port = witness.file, witness.port
     host_tmp = f"/tmp/pangu_sandbox_escape_{os.getpid()}"
     body = (
         "    import os, signal, socket\n"
@@ -133,12 +152,8 @@ def test_nothing_outside_is_written_or_killed_and_no_network(mode, tmp_path):
         "    return x + y + 1\n")
     v = _run(body, mode)
     assert not v["passed"], v  # killed itself (kill -1 inside its PID namespace) or returned a wrong sum
-    assert (sentinel.read_text(), sentinel.stat().st_mtime_ns) == before
-    assert not (tmp_path / "new_file").exists() and not os.path.exists(host_tmp)
-    with pytest.raises(BlockingIOError):
-        listener.accept()
-    listener.close()
-    assert _run("    return x + y\n", mode)["passed"]  # the evaluator and the checker still work
+    assert not os.path.exists(host_tmp)
+    witness.assert_untouched(mode)  # also: no new_file beside the evaluator's file
 
 
 def test_the_sandbox_sees_its_own_root_and_tmp_only(mode):
@@ -174,13 +189,15 @@ def test_answers_are_literals_or_failures():
 
 
 @pytest.mark.parametrize("name", sorted(set(HOSTILE) - {"fork bomb"}))
-def test_user_namespace_mode_contains_too(mode, name):
+def test_user_namespace_mode_contains_too(mode, name, tmp_path):
     """The mode for callers without root, run here as root (where RLIMIT_NPROC does not bind
     root's processes: the fork bomb is the root mode's test)."""
     if os.geteuid() != 0:
         pytest.skip("not root: the hostile table above already ran in userns mode")
+    witness = _Witness(tmp_path)
     v = _run(HOSTILE[name], "userns", Limits(timeout=4.0, load_timeout=15.0))
     assert not v["passed"] and v["result"].startswith("failed"), v
+    witness.assert_untouched("userns")
 
 
 UNISOLATED_SAFE = ["infinite loop", "memory hog", "prints a fake passed result", "returns an object equal to everything",
@@ -188,7 +205,8 @@ UNISOLATED_SAFE = ["infinite loop", "memory hog", "prints a fake passed result",
 
 
 @pytest.mark.parametrize("name", UNISOLATED_SAFE)
-def test_unisolated_mode_still_limits_and_scores(name):
+def test_unisolated_mode_still_limits_and_scores(name, tmp_path):
+    witness = _Witness(tmp_path)
     v = _run(HOSTILE[name], "none")
     assert not v["passed"] and v["result"].startswith("failed"), v
-    assert _run("    return x + y\n", "none")["passed"]
+    witness.assert_untouched("none")
