@@ -129,7 +129,7 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     checkpointer = ckpt.Checkpointer(run_dir, trainer.cell, job, info)
     if resume:
         if info.mode == "semi_auto_parallel":  # parameters hold their slices only once compiled
-            ckpt.compile_for_slices(trainer.cell, job)
+            ckpt.compile_for_slices(trainer.cell, job, sharding["batch_size"])
         state = checkpointer.resume(resume)
         _check_same_data_layout(state.meta, sharding, trainer.accum_steps)
         pos = _Position(state.step, state.data_step, state.tokens_seen)
