@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "generate": "generate",
     "eval": "evaluate",
     "finetune": "finetune",
+    "checkpoint": "checkpoint",
+    "convert": "convert",
     "plan": "plan",
     "rank-table": "rank_table",
     "preflight": "preflight",
