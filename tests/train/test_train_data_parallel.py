@@ -14,7 +14,7 @@ import pytest
 
 from pangu_ms.train import checkpoint as ckpt
 from pangu_ms.train.metrics import read_metrics
-from train_toy import TOY_MODEL, write_prepared, write_run_config
+from toy_data import TOY_MODEL, write_prepared, write_run_config
 
 pytestmark = pytest.mark.msrun
 MAIN = Path(__file__).resolve().parents[2] / "pangu_ms" / "__main__.py"
