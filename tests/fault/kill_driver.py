@@ -48,8 +48,9 @@ class Child:
         return self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
+        """Signal the child's whole process group (tokenizer workers, msrun workers too)."""
         if self.alive:
-            os.kill(self.proc.pid, sig)
+            os.killpg(self.proc.pid, sig)
 
     def wait(self, timeout: float = 600) -> int:
         return self.proc.wait(timeout=timeout)
@@ -63,7 +64,8 @@ def start(args: list[str], log: Path, env: dict | None = None, prefix: list[str]
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*(prefix or []), sys.executable, "-m", "pangu_ms", *args]
     with open(log, "w") as out, open(f"{log}.err", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "GLOG_v": "3", **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "GLOG_v": "3", **(env or {})},
+                                start_new_session=True)
     return Child(proc, log)
 
 
@@ -86,10 +88,19 @@ def kill_when(child: Child, trigger: Callable[[], bool], confirm: Callable[[], s
                 if sig != signal.SIGKILL:
                     child.signal(signal.SIGCONT)  # a stopped process acts on SIGTERM once resumed
                 child.wait()
+                _reap_group(child)
                 return what
             child.signal(signal.SIGCONT)
         time.sleep(poll)
     return None
+
+
+def _reap_group(child: Child) -> None:
+    """SIGKILL what is left of the child's process group (workers outlive a killed parent)."""
+    try:
+        os.killpg(child.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def wait_for(child: Child, predicate: Callable[[], bool], *, timeout: float = 300, poll: float = 0.001) -> bool:
