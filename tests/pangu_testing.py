@@ -5,6 +5,10 @@ Not named `conftest`: pytest loads several conftest modules under that one name,
 """
 from __future__ import annotations
 
+import re
+import socket
+from collections.abc import Callable
+
 from pangu_ms.config import ModelConfig
 
 LM_SEQ = 16
@@ -47,3 +51,26 @@ def tiny_lm_model(seq_length: int = LM_SEQ, seed: int = 7):
     lm = PanguAlphaLM(tiny_model_config(seq_length=seq_length))
     lm.set_train(False)
     return lm
+
+
+_PORT_CLASH = re.compile(r"address already in use|EADDRINUSE|errno 98|failed to bind", re.IGNORECASE)
+
+
+def os_port() -> int:
+    """A TCP port the OS reports free: bind port 0 on all interfaces, read it, release it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def with_free_port(run: Callable[[int], tuple[int, str]], *, attempts: int = 4) -> tuple[int, str, int]:
+    """Run `run(port)` -> (exit status, logs) on a port the OS picked. msrun binds the master
+    port itself and cannot take an open socket, so another process may take the port between
+    the pick and msrun's bind: a failure whose logs say the address was in use is retried
+    on a new port. Returns (exit status, logs, port) of the last attempt."""
+    for _ in range(attempts):
+        port = os_port()
+        rc, logs = run(port)
+        if rc == 0 or not _PORT_CLASH.search(logs):
+            return rc, logs, port
+    return rc, logs, port
