@@ -1,5 +1,6 @@
 """Data parallel through the real engine: `pretrain` under msrun with 2 workers matches the
-single-process run with the same global batch."""
+single-process run with the same global batch: losses, gradient norms, held-out loss and
+final weights, at the tolerances docs/training.md states."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import pytest
 
 from pangu_ms.train import checkpoint as ckpt
 from pangu_ms.train.metrics import read_metrics
+from pangu_testing import with_free_port
 from toy_data import TOY_MODEL, write_prepared, write_run_config
 
 pytestmark = pytest.mark.msrun
@@ -40,23 +42,39 @@ def runs(tmp_path_factory):
                             timeout=600, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     msrun = shutil.which("msrun", path=env["PATH"])
-    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={8600 + os.getpid() % 300}",
-           f"--log_dir={root / 'logs'}", "--join=True", str(MAIN), *args, "--out", str(root / "dp")]
-    dp = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=root)
-    logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted((root / "logs").glob("worker_*.log")))
-    assert dp.returncode == 0, logs
+
+    def launch(port: int) -> tuple[int, str]:
+        shutil.rmtree(root / "logs", ignore_errors=True)
+        cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
+               f"--log_dir={root / 'logs'}", "--join=True", str(MAIN), *args, "--out", str(root / "dp")]
+        dp = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=root)
+        return dp.returncode, "".join(p.read_text(errors="replace")[-2000:] for p in sorted((root / "logs").glob("*.log")))
+
+    rc, logs, _ = with_free_port(launch)
+    assert rc == 0, logs
     return root / "single", root / "dp"
 
 
-def test_dp_losses_match_single_process(runs):
+def _train(run: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def test_dp_losses_and_gradient_norms_match_single_process(runs):
+    """Per step: the loss (mean over the ranks) within 5e-7 of the single process's (about one
+    float32 ulp at these losses: measured 0 to 4.8e-7) and the global gradient norm of the
+    all-reduced gradients equal to 1e-6 relative. The norm is what exposes a gradient
+    all-reduce that sums instead of averaging: the norm doubles, while AdamW (scale
+    invariant) and the clip would leave the weights almost unchanged."""
     single, dp = runs
-    a, b = _losses(single), _losses(dp)
+    a, b = _train(single), _train(dp)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
     for step in a:
-        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+        assert abs(a[step]["loss"] - b[step]["loss"]) <= 5e-7, (step, a[step]["loss"], b[step]["loss"])
+        assert b[step]["grad_norm"] == pytest.approx(a[step]["grad_norm"], rel=1e-6), step
+        assert a[step]["grad_norm"] > 1.0  # above clip_norm: the clipped update is what both apply
     ha = [r["heldout_loss"] for r in read_metrics(single / "metrics.jsonl") if r["kind"] == "eval"]
     hb = [r["heldout_loss"] for r in read_metrics(dp / "metrics.jsonl") if r["kind"] == "eval"]
-    assert len(ha) == len(hb) == 1 and abs(ha[0] - hb[0]) < 1e-5
+    assert len(ha) == len(hb) == 1 and abs(ha[0] - hb[0]) <= 5e-7
 
 
 def test_dp_final_weights_equal_on_both_ranks_and_to_single_process(runs):
@@ -67,5 +85,6 @@ def test_dp_final_weights_equal_on_both_ranks_and_to_single_process(runs):
     assert rank0["weights_crc32"] == rank1["weights_crc32"]  # bitwise equal replicas
     a, b = _weights(single), _weights(dp)
     assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5, err_msg=k)
+    for k in a:  # measured at most 8.1e-7 after 5 steps
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-6, err_msg=k)
+
