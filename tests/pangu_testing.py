@@ -74,3 +74,35 @@ def with_free_port(run: Callable[[int], tuple[int, str]], *, attempts: int = 4) 
         if rc == 0 or not _PORT_CLASH.search(logs):
             return rc, logs, port
     return rc, logs, port
+
+
+WITHOUT_KERNELS = "PANGU_MS_TEST_WITHOUT_KERNELS"
+
+
+def require_cpu_kernels() -> None:
+    """The C++ decode kernels must build here: without them every `fused=True` kernel runs its
+    reference composition and a fused-against-reference test compares the reference with
+    itself. A failure, not a skip; outside CI, `PANGU_MS_TEST_WITHOUT_KERNELS=1` turns it into
+    a visible skip on machines that cannot have them (no x86-64 AVX2/FMA, no g++)."""
+    import os
+    import shutil
+
+    import pytest
+
+    from pangu_ms.kernels.build import CPU_SOURCE, cpu_features, cpu_kernel_library, kernel_source
+
+    if cpu_kernel_library() is not None:
+        return
+    if kernel_source(CPU_SOURCE) is None:
+        why = f"the kernel source {CPU_SOURCE} is missing from this install"
+    elif not {"avx2", "fma"} <= cpu_features():
+        why = "this CPU has no AVX2 and FMA"
+    elif not (shutil.which("g++") or shutil.which("c++")):
+        why = "no g++ (or c++) on PATH"
+    else:
+        why = "compiling them failed (the warning logged by pangu_ms.kernels.build says why)"
+    if os.environ.get(WITHOUT_KERNELS) and not os.environ.get("CI"):
+        pytest.skip(f"C++ decode kernels unavailable: {why} ({WITHOUT_KERNELS} is set)")
+    pytest.fail(f"the C++ decode kernels do not build here: {why}; the fused tests would compare the reference "
+                f"with itself. Install g++ (x86-64 with AVX2 and FMA needed), or outside CI set {WITHOUT_KERNELS}=1 "
+                "to skip those tests")
