@@ -34,7 +34,7 @@ from pangu_ms.cluster.sources import parse_devices
 
 FUZZ = settings(max_examples=100, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
 FIX = Path(__file__).parent / "fixtures"
-ips = st.tuples(*[st.integers(1, 254)] * 4).map(lambda t: ".".join(map(str, t)))
+ips = st.tuples(st.integers(1, 126), *[st.integers(1, 254)] * 3).map(lambda t: ".".join(map(str, t)))
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
