@@ -133,8 +133,9 @@ def tool_output(draw):
         if marked:
             lines.append(draw(st.sampled_from([f"device {i}", f"$ hccn_tool -i {i} -ip -g", f"# device: {i}"])))
         lines += [f"ipaddr:{addrs[i]}", "netmask:255.255.255.0"]
-        lines += draw(st.lists(st.text(st.characters(blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
-                                       max_size=12).filter(lambda s: "ipaddr" not in s.lower()
+        noise = st.characters(blacklist_categories=("Cs",),
+                              blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+        lines += draw(st.lists(st.text(noise, max_size=12).filter(lambda s: "ipaddr" not in s.lower()
                                                            and "device" not in s.lower()
                                                            and "hccn_tool" not in s), max_size=2))
     return "\n".join(lines), dict(enumerate(addrs))
