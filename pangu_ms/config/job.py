@@ -17,7 +17,7 @@ import yaml
 from pangu_ms.config.code import CodeConfig
 from pangu_ms.config.data import DataConfig
 from pangu_ms.config.finetune import FinetuneConfig
-from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml
+from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml, show
 from pangu_ms.config.model import ModelConfig
 from pangu_ms.config.optimizer import OptimizerConfig, ScheduleConfig
 from pangu_ms.config.parallel import ParallelConfig, RecomputeConfig
@@ -59,7 +59,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ConfigError as exc:
         where = str(path) if path is not None else "<defaults>"
         if overrides:
-            where += f" (with --set {' '.join(overrides)})"
+            where += f" (with --set {' '.join(o if o.isprintable() else show(o) for o in overrides)})"
         raise ConfigError(f"{where}: {exc}") from None
 
 
