@@ -249,7 +249,7 @@ class Checkpointer:
 
 
 def strategy_file_of(job: JobConfig, rank: int) -> Path:
-    """Where `pangu_ms.parallel.context.init_parallel` has MindSpore write rank `rank`'s strategy."""
+    """Where `pangu_ms.train.ascend.build_ascend_trainer` has MindSpore write rank `rank`'s strategy."""
     return Path(job.run.output_dir) / "strategy" / f"strategy_rank{rank}.ckpt"
 
 
@@ -325,13 +325,14 @@ def resume(path: str | Path, cell, *, job: JobConfig | None = None, info=None) -
     return Checkpointer(Path(path), cell, job, info).resume(path)
 
 
-def compile_for_slices(cell, job: JobConfig) -> None:
-    """Compile the semi-auto-parallel train Cell on a zero global batch, so that its parameters
-    hold this rank's slices before a per-rank checkpoint is loaded into them (Ascend only; the
-    CPU backend refuses semi-auto parallel, so this has not been run)."""
+def compile_for_slices(cell, job: JobConfig, batch_size: int) -> None:
+    """Compile the semi-auto-parallel train Cell on a zero batch of this rank's `batch_size` rows
+    (each data-parallel rank reads 1/dp of the global batch, `pangu_ms.train.ascend.data_sharding`),
+    so that its parameters hold this rank's slices before a per-rank checkpoint is loaded into them
+    (Ascend only; the CPU backend refuses semi-auto parallel, so this has not been run)."""
     import mindspore as ms
     import numpy as np
 
-    b, s = job.train.global_batch_size, job.model.seq_length
+    b, s = batch_size, job.model.seq_length
     cell.compile(ms.Tensor(np.zeros((b, s + 1), np.int32)), ms.Tensor(np.zeros((b, s), np.int32)),
                  ms.Tensor(np.zeros((b, s, s), np.float32)))

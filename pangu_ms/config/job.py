@@ -1,9 +1,9 @@
 """The whole job: every concept's section composed into `JobConfig`; loading and cross-checks.
 
 YAML top-level keys are `JobConfig`'s fields (`model:`, `tokenizer:`, `data:`, `parallel:`,
-`recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`, `finetune:`, and for
-PanGu-Sigma `experts:`), each mirroring its dataclass one to one. `validate_job` holds the checks that involve more than
-one section.
+`recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`, `finetune:`, `code:`, and
+for PanGu-Sigma `experts:`), each mirroring its dataclass one to one. `validate_job` holds the checks
+that involve more than one section.
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
+from pangu_ms.config.code import CodeConfig
 from pangu_ms.config.data import DataConfig
 from pangu_ms.config.experts import ExpertsConfig
 from pangu_ms.config.finetune import FinetuneConfig
-from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml
+from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml, show
 from pangu_ms.config.model import ModelConfig
 from pangu_ms.config.optimizer import OptimizerConfig, ScheduleConfig
 from pangu_ms.config.parallel import ParallelConfig, RecomputeConfig
@@ -41,6 +42,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
     experts: ExpertsConfig | None = None
     """PanGu-Sigma's sparse layers; None (no `experts:` section): the dense PanGu-alpha."""
 
@@ -65,7 +67,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ConfigError as exc:
         where = str(path) if path is not None else "<defaults>"
         if overrides:
-            where += f" (with --set {' '.join(overrides)})"
+            where += f" (with --set {' '.join(o if o.isprintable() else show(o) for o in overrides)})"
         raise ConfigError(f"{where}: {exc}") from None
 
 

