@@ -164,14 +164,16 @@ def table(r: dict, names: list[str]) -> str:
     h = r["heldout"]
     lines = ["| model | " + " | ".join(f"held-out loss {n}" for n in names) + " | tokens/s | train s |",
              "|---|" + "---|" * len(names) + "---|---|"]
-    for key, label, run in (("dense_start", "dense start (quickstart)", None), ("sigma_init", "Sigma after init", None),
-                            ("dense_continued", "dense continued", "dense"), ("sigma_trained", "Sigma trained", "sigma")):
+    rows = (("dense_start", "dense start (quickstart)", None), ("sigma_init", "Sigma after init", None),
+            ("dense_continued", "dense continued", "dense"), ("sigma_trained", "Sigma trained", "sigma"))
+    for key, label, run in rows:
         speed = f"{r[run]['tokens_per_s']:.0f} | {r[run]['train_time_s']:.0f}" if run else "- | -"
         lines.append(f"| {label} | " + " | ".join(f"{h[key][n]:.4f}" for n in names) + f" | {speed} |")
     e = r["extract"]
     lines.append(f"\nsame training rows in the same order: {r['same_rows']}; news sub-model "
                  f"{e['news_bytes'] / 2**20:.1f} MiB of {e['full_bytes'] / 2**20:.1f} MiB, logits on "
-                 f"{e['rows_compared']} news rows bitwise equal: {e['bitwise_equal']} (max |diff| {e['max_abs_diff']:.3g})")
+                 f"{e['rows_compared']} news rows bitwise equal: {e['bitwise_equal']} "
+                 f"(max |diff| {e['max_abs_diff']:.3g})")
     return "\n".join(lines)
 
 

@@ -98,4 +98,5 @@ def test_expert_optimizer_has_its_own_epsilon():
     names = [p.name for p in device.cell.get_parameters()]
     assert len(names) == len(set(names))  # two optimizers, one name per saved tensor
     _, host = _trainer(True)
-    assert host.host_adam.eps == 1e-12 and float(host.optimizer.eps.asnumpy().reshape(-1)[0]) == pytest.approx(1e-8, rel=1e-6)
+    assert host.host_adam.eps == 1e-12
+    assert float(host.optimizer.eps.asnumpy().reshape(-1)[0]) == pytest.approx(1e-8, rel=1e-6)
