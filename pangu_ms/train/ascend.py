@@ -8,9 +8,9 @@ replicas, and `PipelineGradReducer` sums the micro-batch gradients of the pipeli
 
 Order on Ascend (each process, launched by msrun or a rank table):
     info = init_parallel(job)                      # semi-auto context, pipeline stages, optimizer sharding
-    net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
+    net = parallelize_job(PanguAlphaWithLoss(job.model, job_kernel_spec(job)), job, info)
     step = ascend_train_cell(net, optimizer, job, info.parallel)  # Pipeline / GradAccumulation + the update
-    loss, overflow, norm = step(input_ids, position_ids, attention_mask)   # one global batch
+    loss, overflow, norm = step(input_ids, position_ids, document_ids)   # one global batch
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import pytest
 from mindspore import nn
 
 from pangu_ms.config import load_config
+from pangu_ms.kernels.switch import job_kernel_spec
 from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
 from pangu_ms.parallel import parallelize, plan_for
 from pangu_ms.parallel.readback import read_back
@@ -27,11 +28,12 @@ LAYOUTS = ["pangu_alpha_2.6b_512p", "pangu_alpha_13b_1024p", "pangu_alpha_200b_2
 
 def resolved_plan(name: str) -> dict:
     job = load_config(ROOT / "ascend_configs" / "runs" / f"{name}.yaml")
+    spec = job_kernel_spec(job)  # the job's device and chip: Ascend 910A or 910B, built on CPU
     with nn.utils.no_init_parameters():  # paper sizes: shapes only, no weight memory
-        net = PanguAlphaWithLoss(job.model)
-    parallelize(net, plan_for(job.model, job.parallel, job.recompute), job.parallel)
+        net = PanguAlphaWithLoss(job.model, spec)
+    parallelize(net, plan_for(job.model, job.parallel, job.recompute, kernels=spec), job.parallel)
     p = job.parallel
-    return {"config": f"ascend_configs/runs/{name}.yaml",
+    return {"config": f"ascend_configs/runs/{name}.yaml", "kernels": spec.name,
             "mesh": {"dp": p.dp, "mp": p.mp, "pp": p.pp, "micro_batches": p.micro_batches,
                      "vocab_emb_dp": p.vocab_emb_dp, "optimizer_shard": p.optimizer_shard},
             "recompute_mode": job.recompute.mode, **read_back(net)}
@@ -70,7 +72,24 @@ def test_golden_200b_matches_the_paper_layout():
     assert s["lm.backbone.blocks.*.attention.linear_q.matmul"] == [[16, 1], [1, 8]]
     assert s["lm.backbone.blocks.*.attention.linear_out.matmul"] == [[16, 8], [8, 1]]
     assert s["lm.vocab_proj"] == [[16, 1], [8, 1]] and g["loss_cell"] == "VocabParallelCrossEntropy"
+    assert s["loss.head.vocab_proj"] == [[16, 1], [8, 1]] and s["loss.max"] == [[16, 8]]
+    assert s["lm.backbone.blocks.*.attention.core.qk_matmul"] == [[16, 8, 1, 1], [16, 8, 1, 1]]
+    assert s["lm.backbone.blocks.*.ffn.linear_fc1.matmul"] == [[16, 1], [1, 8]]
+    assert s["lm.backbone.blocks.*.ffn.linear_fc1.activation.bias_add"] == [[16, 8], [8]]
+    assert s["lm.backbone.blocks.*.ln1.layer_norm"] == [[16, 1], [1], [1]] and g["kernels"] == "reference"
     assert g["stages"]["lm.backbone.blocks.0"] == 0 and g["stages"]["lm.backbone.blocks.62"] == 15
     assert g["stages"]["lm.backbone.query_layer"] == 15 and g["stages"]["lm.backbone.word_embedding"] == 0
     assert g["shared_parameters"] == {"lm.backbone.word_embedding.embedding_table": [0, 15]}
     assert g["recompute"] == ["lm.backbone.blocks.*", "lm.backbone.query_layer"]
+
+
+def test_golden_910b_holds_the_fused_operators():
+    """The 910B layout's model holds FlashAttentionScore and AddLayerNorm, split over (dp, mp) and dp."""
+    g = json.loads((GOLDEN / "pangu_alpha_2.6b_8p_910b.json").read_text(encoding="utf-8"))
+    s = g["strategies"]
+    assert g["kernels"] == "ascend_910b" and (g["mesh"]["dp"], g["mesh"]["mp"]) == (2, 4)
+    bnsd, mask = [2, 4, 1, 1], [2, 1, 1, 1]  # q, k, v, drop bits (dropout 0.1) and the uint8 mask
+    assert s["lm.backbone.blocks.*.attention.core.flash_attention"] == [bnsd, bnsd, bnsd, bnsd, mask]
+    assert s["lm.backbone.blocks.*.ln2.add_layer_norm"] == [[2, 1], [2, 1], [1], [1]]
+    assert s["lm.backbone.attention_mask.blocked"] == [mask]
+    assert not any(k.endswith(("core.softmax", "core.qk_matmul", "ln2.layer_norm")) for k in s)
