@@ -5,3 +5,5 @@ inline int BiasFastGeluFwd(const pangu_args::Args& a) { return bias_act_fwd<Act:
 inline int BiasFastGeluBwd(const pangu_args::Args& a) { return bias_act_bwd<Act::kFastGelu>(a); }
 inline int AddLayerNormFwd(const pangu_args::Args& a) { return add_layer_norm_fwd(a); }
 inline int AddLayerNormBwd(const pangu_args::Args& a) { return add_layer_norm_bwd(a); }
+inline int FlashAttentionFwd(const pangu_args::Args& a) { return flash_attention_fwd(a); }
+inline int FlashAttentionBwd(const pangu_args::Args& a) { return flash_attention_bwd(a); }

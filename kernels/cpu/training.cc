@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -27,6 +28,8 @@
 namespace avx2 {
 #include "train_simd.h"
 #include "train_norm_act.h"
+#include "train_gemm_small.h"
+#include "train_attention.h"
 #include "train_entry.h"
 }  // namespace avx2
 #undef PANGU_VEC_WIDTH
@@ -37,6 +40,8 @@ namespace avx2 {
 namespace avx512 {
 #include "train_simd.h"
 #include "train_norm_act.h"
+#include "train_gemm_small.h"
+#include "train_attention.h"
 #include "train_entry.h"
 }  // namespace avx512
 #undef PANGU_VEC_WIDTH
@@ -56,6 +61,8 @@ PANGU_KERNEL(BiasFastGeluFwd)
 PANGU_KERNEL(BiasFastGeluBwd)
 PANGU_KERNEL(AddLayerNormFwd)
 PANGU_KERNEL(AddLayerNormBwd)
+PANGU_KERNEL(FlashAttentionFwd)
+PANGU_KERNEL(FlashAttentionBwd)
 
 // Threads the kernels use (the pool's size; see train_pool.h).
 PANGU_EXPORT int PanguKernelThreads() { return pangu_pool::Pool::instance().threads(); }

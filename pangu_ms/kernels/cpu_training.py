@@ -6,6 +6,7 @@ Notation: B batch, N heads, S sequence, D head dim, T tokens (B*S), H hidden, F 
 |---|---|---|
 | `BiasActivation(kind)` | (x [T, F], bias [F]) -> act(x + bias), x's dtype | dx, dbias |
 | `AddLayerNorm(eps)` | (x [T, H], residual [T, H] fp32, gamma, beta [H]) -> (s = residual + x, LayerNorm(s)), fp32 | dx, dresidual, dgamma, dbeta |
+| `FlashAttention(head_dim)` | (q, k, v [B, N, S, D], doc_ids [B, S] int32) -> ctx [B, N, S, D], q's dtype | dq, dk, dv (recomputed tiles) |
 
 The sources are `kernels/cpu/training.cc` and its `train_*.h` headers, built on first use by
 `pangu_ms.kernels.build` into the user's kernel cache. Every kernel is vectorised twice, AVX2
@@ -28,10 +29,12 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.ops import operations as P
 
+from pangu_ms.kernels.attention import mask_bias
 from pangu_ms.kernels.build import cpu_training_library, isa_supported, training_isa
 from pangu_ms.kernels.norm_act import GELU
 
-__all__ = ["AddLayerNorm", "BiasActivation", "cpu_training_library", "kernel_threads", "training_isa"]
+__all__ = ["AddLayerNorm", "BiasActivation", "FlashAttention", "cpu_training_library", "kernel_threads",
+           "training_isa"]
 
 Activation = Literal["gelu", "fast_gelu"]
 FAST_GELU_SLOPE = 1.702
@@ -147,3 +150,53 @@ class AddLayerNorm(nn.Cell):
             return out[0], out[1]
         s = residual + self.cast(x, ms.float32)
         return s, self.layer_norm(s, self.cast(gamma, ms.float32), self.cast(beta, ms.float32))[0]
+
+
+# ---------------------------------------------------------------- attention
+
+class FlashAttention(nn.Cell):
+    """ctx = softmax(q k^T / sqrt(D) + mask) v, with the mask from document ids.
+
+    `construct(q, k, v [B, N, S, D] fp32 or fp16 (q not scaled), doc_ids [B, S] int32) -> ctx
+    [B, N, S, D]` in q's dtype: query i sees key j iff j <= i and doc_ids[b, i] == doc_ids[b, j]
+    (causal, reset at every document boundary; a one-token document sees itself). The softmax is
+    fp32. The kernel walks 64 x 64 tiles with an online softmax and skips tiles no query sees,
+    so the S x S matrix is never stored; it keeps only each row's log-sum-exp [B, N, S] fp32 (base 2), and
+    the backward kernel recomputes the probabilities tile by tile. D is q's last dimension; the
+    reference (`fused=False`) scales by 1/sqrt(head_dim), adds `mask_bias` of the same rule and
+    runs BatchMatMul / Softmax / BatchMatMul in fp32.
+    """
+
+    def __init__(self, head_dim: int, *, fused: bool = True, isa: str | None = None):
+        super().__init__()
+        lib, self.isa = _resolve(fused, isa)
+        self.fused = lib is not None
+        self.head_dim = int(head_dim)
+        self.scale = 1.0 / float(np.sqrt(self.head_dim))
+        self.cast = P.Cast()
+        self.qk = P.BatchMatMul(transpose_b=True)
+        self.pv = P.BatchMatMul()
+        self.softmax = P.Softmax(-1)
+        if self.fused:
+            backward = _op(lib, "FlashAttentionBwd", self.isa,
+                           lambda q, k, v, d, o, lse, do: (q, q, q), lambda q, k, v, d, o, lse, do: (q, q, q))
+            zeros_like = P.ZerosLike()
+
+            def bprop(q, k, v, doc_ids, out, dout):
+                dq, dk, dv = backward(q, k, v, doc_ids, out[0], out[1], dout[0])
+                return dq, dk, dv, zeros_like(doc_ids)
+
+            self.kernel = _op(lib, "FlashAttentionFwd", self.isa, lambda q, k, v, d: (q, q[:3]),
+                              lambda q, k, v, d: (q, ms.float32), bprop)
+
+    def construct(self, q, k, v, doc_ids):
+        if self.fused:
+            return self.kernel(q, k, v, doc_ids)[0]
+        seq = q.shape[2]
+        pos = ops.arange(seq, dtype=ms.int32)
+        causal = pos.reshape(1, -1) <= pos.reshape(-1, 1)  # [S, S]: key j <= query i
+        same_doc = doc_ids.reshape(-1, 1, seq, 1) == doc_ids.reshape(-1, 1, 1, seq)  # [B, 1, S, S]
+        bias = mask_bias(ops.logical_and(causal.reshape(1, 1, seq, seq), same_doc))
+        scores = self.qk(self.cast(q, ms.float32) * self.scale, self.cast(k, ms.float32))  # [B, N, S, S]
+        probs = self.softmax(scores + bias)
+        return self.cast(self.pv(probs, self.cast(v, ms.float32)), q.dtype)  # [B, N, S, D]

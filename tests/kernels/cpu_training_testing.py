@@ -42,3 +42,21 @@ def assert_close(got, want, dtype, *, scale: float = 1.0, rtol32: float = 2e-5, 
     assert np.isfinite(got).all(), "non-finite values in the kernel output"
     rtol = rtol16 if np.dtype(dtype) == np.float16 else rtol32
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+
+
+def forward_and_vjp(cell):
+    """One graph computing (cell(*inputs), gradients of sum(cell(*inputs) * dy) w.r.t. every
+    input): `forward_and_vjp(cell)(*inputs, dy)` -> (output, grads). One compile instead of two."""
+    import mindspore as ms
+    from mindspore import nn
+
+    class _ForwardVjp(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.cell = cell
+            self.grad = ms.ops.GradOperation(get_all=True, sens_param=True)
+
+        def construct(self, *args):
+            return self.cell(*args[:-1]), self.grad(self.cell)(*args)
+
+    return _ForwardVjp()
