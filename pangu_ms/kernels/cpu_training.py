@@ -1,0 +1,202 @@
+"""CPU training kernels with backward passes: C++ `ops.Custom(func_type="aot")` operators.
+
+Notation: B batch, N heads, S sequence, D head dim, T tokens (B*S), H hidden, F FFN width, V vocab.
+
+| Cell | forward | backward (an aot kernel too) |
+|---|---|---|
+| `BiasActivation(kind)` | (x [T, F], bias [F]) -> act(x + bias), x's dtype | dx, dbias |
+| `AddLayerNorm(eps)` | (x [T, H], residual [T, H] fp32, gamma, beta [H]) -> (s = residual + x, LayerNorm(s)), fp32 | dx, dresidual, dgamma, dbeta |
+| `FlashAttention(head_dim)` | (q, k, v [B, N, S, D], doc_ids [B, S] int32) -> ctx [B, N, S, D], q's dtype | dq, dk, dv (recomputed tiles) |
+
+The sources are `kernels/cpu/training.cc` and its `train_*.h` headers, built on first use by
+`pangu_ms.kernels.build` into the user's kernel cache. Every kernel is vectorised twice, AVX2
+(+FMA, F16C) and AVX-512, in one library; `isa=None` runs the copy `training_isa()` picks for
+this CPU (`PANGU_MS_CPU_ISA=avx2` forces AVX2), `isa="avx2"`/`"avx512"` one copy explicitly. The
+kernels split work over a thread pool of one thread per CPU this process may use
+(`PANGU_MS_KERNEL_THREADS` overrides), with results independent of the thread count. Inputs may be
+fp32 or fp16 (widened on load, F16C or AVX-512 conversions); arithmetic and statistics are fp32.
+
+Each Cell has a `fused` switch: `fused=True` runs the C++ kernel when the library builds here
+and otherwise, after one warning, the reference composition of plain MindSpore ops that
+`fused=False` runs; `cell.fused` says which one runs. Tests compare the two, forward and backward.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+from mindspore.ops import operations as P
+
+from pangu_ms.kernels.attention import mask_bias
+from pangu_ms.kernels.build import cpu_training_library, isa_supported, training_isa
+from pangu_ms.kernels.norm_act import GELU
+
+__all__ = ["AddLayerNorm", "BiasActivation", "FlashAttention", "cpu_training_library", "kernel_threads",
+           "training_isa"]
+
+Activation = Literal["gelu", "fast_gelu"]
+FAST_GELU_SLOPE = 1.702
+"""fast GELU is x * sigmoid(1.702 x) (MindSpore's FastGeLU)."""
+
+
+def _resolve(fused: bool, isa: str | None) -> tuple[str | None, str]:
+    """(library path or None, ISA suffix) for a Cell's `fused` and `isa` arguments."""
+    isa = training_isa() if isa is None else isa
+    if not isa_supported(isa):
+        raise ValueError(f"isa={isa!r}: this CPU cannot run the {isa} kernels (see pangu_ms.kernels.build)")
+    return (cpu_training_library() if fused else None), isa
+
+
+def _op(lib: str, name: str, isa: str, out_shape, out_dtype, bprop=None):
+    return ops.Custom(f"{lib}:{name}_{isa}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot", bprop=bprop)
+
+
+def kernel_threads() -> int:
+    """Threads the training kernels use in this process (builds and loads the library); 0 if it
+    cannot be built."""
+    import ctypes
+
+    lib = cpu_training_library()
+    return int(ctypes.CDLL(lib).PanguKernelThreads()) if lib else 0
+
+
+# ---------------------------------------------------------------- bias + activation
+
+class _FastGelu(nn.Cell):
+    """x * sigmoid(1.702 x), composed of plain ops: [..] -> [..]."""
+
+    def __init__(self):
+        super().__init__()
+        self.sigmoid = P.Sigmoid()
+
+    def construct(self, x):
+        return x * self.sigmoid(x * FAST_GELU_SLOPE)
+
+
+class BiasActivation(nn.Cell):
+    """y = act(x + bias): x [T, F] fp32 or fp16, bias [F] -> [T, F] in x's dtype (fp32 inside).
+
+    `kind` "gelu" is the model's tanh GELU written x * sigmoid(2c (x + 0.044715 x^3)), c = sqrt(2/pi)
+    (`norm_act.GELU`); "fast_gelu" is x * sigmoid(1.702 x). Backward: dx = dy act'(x + bias) and
+    dbias = its column sums, from one kernel that recomputes x + bias (nothing is saved). The
+    reference adds the bias and applies the composed activation in fp32.
+    """
+
+    def __init__(self, kind: Activation = "gelu", *, fused: bool = True, isa: str | None = None):
+        super().__init__()
+        if kind not in ("gelu", "fast_gelu"):
+            raise ValueError(f"BiasActivation kind={kind!r}: use 'gelu' or 'fast_gelu'")
+        lib, self.isa = _resolve(fused, isa)
+        self.kind = kind
+        self.fused = lib is not None
+        self.act = GELU() if kind == "gelu" else _FastGelu()
+        self.cast = P.Cast()
+        if self.fused:
+            name = "BiasGelu" if kind == "gelu" else "BiasFastGelu"
+            backward = _op(lib, name + "Bwd", self.isa, lambda x, b, dy: (x, b), lambda x, b, dy: (x, b))
+
+            def bprop(x, bias, out, dout):
+                return backward(x, bias, dout)
+
+            self.kernel = _op(lib, name + "Fwd", self.isa, lambda x, b: x, lambda x, b: x, bprop)
+
+    def construct(self, x, bias):
+        if self.fused:
+            return self.kernel(x, bias)
+        z = self.cast(x, ms.float32) + self.cast(bias, ms.float32)
+        return self.cast(self.act(z), x.dtype)
+
+
+# ---------------------------------------------------------------- residual add + LayerNorm
+
+class AddLayerNorm(nn.Cell):
+    """(s, y) = (residual + x, LayerNorm(residual + x)) over the last axis.
+
+    `construct(x [T, H] fp32/fp16, residual [T, H] fp32, gamma [H], beta [H]) -> (s [T, H],
+    y [T, H])`, both fp32, statistics in fp32 (the variance from a second pass over the row).
+    Gradients flow into both outputs: the backward kernel adds ds to the LayerNorm gradient and
+    returns it as dx (x's dtype) and dresidual, with dgamma and dbeta. The kernel keeps the row
+    mean and 1/std for the backward ([T] each). The reference is an Add and `P.LayerNorm`.
+    """
+
+    def __init__(self, eps: float = 1e-5, *, fused: bool = True, isa: str | None = None):
+        super().__init__()
+        lib, self.isa = _resolve(fused, isa)
+        self.fused = lib is not None
+        self.eps = float(eps)
+        self.cast = P.Cast()
+        self.layer_norm = P.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=self.eps)
+        if self.fused:
+            self.eps_tensor = Tensor(np.array([self.eps], np.float32))
+            backward = _op(lib, "AddLayerNormBwd", self.isa,
+                           lambda x, g, b, s, m, r, ds, dy: (x, x, g, b),
+                           lambda x, g, b, s, m, r, ds, dy: (x, ms.float32, g, b))
+            zeros_like = P.ZerosLike()
+
+            def bprop(x, residual, gamma, beta, eps, out, dout):
+                s, _, mean, rstd = out
+                dx, dres, dgamma, dbeta = backward(x, gamma, beta, s, mean, rstd, dout[0], dout[1])
+                return dx, dres, dgamma, dbeta, zeros_like(eps)
+
+            self.kernel = _op(lib, "AddLayerNormFwd", self.isa,
+                              lambda x, r, g, b, e: (x, x, x[:-1], x[:-1]),
+                              lambda x, r, g, b, e: (ms.float32, ms.float32, ms.float32, ms.float32), bprop)
+
+    def construct(self, x, residual, gamma, beta):
+        if self.fused:
+            out = self.kernel(x, residual, gamma, beta, self.eps_tensor)
+            return out[0], out[1]
+        s = residual + self.cast(x, ms.float32)
+        return s, self.layer_norm(s, self.cast(gamma, ms.float32), self.cast(beta, ms.float32))[0]
+
+
+# ---------------------------------------------------------------- attention
+
+class FlashAttention(nn.Cell):
+    """ctx = softmax(q k^T / sqrt(D) + mask) v, with the mask from document ids.
+
+    `construct(q, k, v [B, N, S, D] fp32 or fp16 (q not scaled), doc_ids [B, S] int32) -> ctx
+    [B, N, S, D]` in q's dtype: query i sees key j iff j <= i and doc_ids[b, i] == doc_ids[b, j]
+    (causal, reset at every document boundary; a one-token document sees itself). The softmax is
+    fp32. The kernel walks 64 x 64 tiles with an online softmax and skips tiles no query sees,
+    so the S x S matrix is never stored; it keeps only each row's log-sum-exp [B, N, S] fp32 (base 2), and
+    the backward kernel recomputes the probabilities tile by tile. D is q's last dimension; the
+    reference (`fused=False`) scales by 1/sqrt(head_dim), adds `mask_bias` of the same rule and
+    runs BatchMatMul / Softmax / BatchMatMul in fp32.
+    """
+
+    def __init__(self, head_dim: int, *, fused: bool = True, isa: str | None = None):
+        super().__init__()
+        lib, self.isa = _resolve(fused, isa)
+        self.fused = lib is not None
+        self.head_dim = int(head_dim)
+        self.scale = 1.0 / float(np.sqrt(self.head_dim))
+        self.cast = P.Cast()
+        self.qk = P.BatchMatMul(transpose_b=True)
+        self.pv = P.BatchMatMul()
+        self.softmax = P.Softmax(-1)
+        if self.fused:
+            backward = _op(lib, "FlashAttentionBwd", self.isa,
+                           lambda q, k, v, d, o, lse, do: (q, q, q), lambda q, k, v, d, o, lse, do: (q, q, q))
+            zeros_like = P.ZerosLike()
+
+            def bprop(q, k, v, doc_ids, out, dout):
+                dq, dk, dv = backward(q, k, v, doc_ids, out[0], out[1], dout[0])
+                return dq, dk, dv, zeros_like(doc_ids)
+
+            self.kernel = _op(lib, "FlashAttentionFwd", self.isa, lambda q, k, v, d: (q, q[:3]),
+                              lambda q, k, v, d: (q, ms.float32), bprop)
+
+    def construct(self, q, k, v, doc_ids):
+        if self.fused:
+            return self.kernel(q, k, v, doc_ids)[0]
+        seq = q.shape[2]
+        pos = ops.arange(seq, dtype=ms.int32)
+        causal = pos.reshape(1, -1) <= pos.reshape(-1, 1)  # [S, S]: key j <= query i
+        same_doc = doc_ids.reshape(-1, 1, seq, 1) == doc_ids.reshape(-1, 1, 1, seq)  # [B, 1, S, S]
+        bias = mask_bias(ops.logical_and(causal.reshape(1, 1, seq, seq), same_doc))
+        scores = self.qk(self.cast(q, ms.float32) * self.scale, self.cast(k, ms.float32))  # [B, N, S, S]
+        probs = self.softmax(scores + bias)
+        return self.cast(self.pv(probs, self.cast(v, ms.float32)), q.dtype)  # [B, N, S, D]
