@@ -28,8 +28,7 @@ import math
 import mindspore as ms
 from mindspore import Tensor, nn
 from mindspore.ops import operations as P
-from mindspore.ops.auto_generate.gen_ops_prim import (AddLayerNormV2, FlashAttentionScore, IncreFlashAttention,
-                                                      PromptFlashAttention)
+from mindspore.ops.auto_generate import gen_ops_prim as prims
 
 from pangu_ms.config import ModelConfig
 from pangu_ms.kernels.reference import SameDocument, _NormParams
@@ -67,7 +66,7 @@ class FlashAttention(nn.Cell):
     def __init__(self, num_heads: int, head_dim: int, *, dropout: float = 0.0):
         super().__init__()
         self.keep_prob = 1.0 - dropout
-        self.flash_attention = FlashAttentionScore(head_num=num_heads, keep_prob=self.keep_prob,
+        self.flash_attention = prims.FlashAttentionScore(head_num=num_heads, keep_prob=self.keep_prob,
                                                    scale_value=1.0 / math.sqrt(head_dim), pre_tokens=MAX_TOKENS,
                                                    next_tokens=0, inner_precise=0, input_layout="BNSD",
                                                    sparse_mode=0)
@@ -99,7 +98,7 @@ class AddLayerNorm(_NormParams):
 
     def __init__(self, hidden: int, *, eps: float = 1e-5):
         super().__init__(hidden, eps)
-        self.add_layer_norm = AddLayerNormV2()
+        self.add_layer_norm = prims.AddLayerNormV2()
 
     def construct(self, x, residual):
         y, _, _, s = self.add_layer_norm(residual, x, self.gamma, self.beta, self.eps, True)
@@ -117,7 +116,7 @@ class PromptFlashAttention(nn.Cell):
     def __init__(self, num_heads: int, head_dim: int, dtype: ms.dtype.Type):
         super().__init__()
         self.dtype = dtype
-        self.prompt_flash_attention = PromptFlashAttention(num_heads=num_heads, scale_value=1.0 / math.sqrt(head_dim),
+        self.prompt_flash_attention = prims.PromptFlashAttention(num_heads=num_heads, scale_value=1.0 / math.sqrt(head_dim),
                                                            pre_tokens=MAX_TOKENS, next_tokens=0, input_layout="BNSD",
                                                            num_key_value_heads=0, sparse_mode=0, inner_precise=1)
         self.is_blocked = P.Less()
@@ -137,7 +136,7 @@ class IncreFlashAttention(nn.Cell):
     def __init__(self, num_heads: int, head_dim: int, dtype: ms.dtype.Type):
         super().__init__()
         self.dtype = dtype
-        self.incre_flash_attention = IncreFlashAttention(num_heads=num_heads, input_layout="BNSD",
+        self.incre_flash_attention = prims.IncreFlashAttention(num_heads=num_heads, input_layout="BNSD",
                                                          scale_value=1.0 / math.sqrt(head_dim), num_key_value_heads=0)
         self.is_blocked = P.Less()
         self.cast = P.Cast()

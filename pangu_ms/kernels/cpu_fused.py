@@ -10,8 +10,8 @@ the loss takes (h, table, labels). The attention mask role passes the document i
 (the kernel masks from them); plain LayerNorm runs the AddLayerNorm kernel with a zero
 residual (the library has no separate LayerNorm kernel).
 
-CPU runs no semi-auto parallelism, so the strategies these Cells state are replicated over
-the model axes and split over the batch only (what data parallel does anyway).
+CPU runs no semi-auto parallelism (MindSpore refuses it there), so these Cells state every
+primitive replicated: a plan covers them and data parallel, which ignores strategies, runs them.
 """
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ from pangu_ms.config import ModelConfig
 from pangu_ms.kernels.reference import _NormParams
 from pangu_ms.kernels.switch import KernelSpec
 
-B = "batch"
-ROW = (B, None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,14 +46,13 @@ def _kernels():
     return cpu_training
 
 
-def _kernel_ops(p: str, kernel: nn.Cell, inputs: tuple) -> dict:
-    """Every primitive of a kernel Cell at path `p` -> `inputs` (the Custom ops; None for others)."""
-    out = {}
-    for name, cell in kernel.cells_and_names():
-        for attr, prim in cell._primitives.items():  # pylint: disable=protected-access
+def primitive_paths(cell: nn.Cell, prefix: str) -> list[str]:
+    """The path of every primitive of `cell` (itself and every sub-cell) placed at `prefix`."""
+    out = []
+    for name, sub in cell.cells_and_names():
+        for attr, prim in sub._primitives.items():  # pylint: disable=protected-access
             if prim is not None:
-                path = ".".join(x for x in (p, name, attr) if x)
-                out[path] = inputs if type(prim).__name__ == "Custom" else None
+                out.append(".".join(x for x in (prefix, name, attr) if x))
     return out
 
 
@@ -85,6 +82,8 @@ class CpuAddLayerNorm(_NormParams):
 
 class CpuBiasActivation(nn.Cell):
     """act(z + bias) in one kernel: z [T, F], bias [F] -> [T, F]."""
+
+    bias_input: tuple[str, int] = ("kernel.kernel", 1)
 
     def __init__(self, kind: str):
         super().__init__()
@@ -157,4 +156,20 @@ class CpuFusedKernels(KernelSpec):
         return CpuFlashAttention(cfg.head_dim, cfg.compute_dtype) if cfg.dropout == 0 else super().core_attention(cfg)
 
     def lm_loss(self, cfg: ModelConfig) -> nn.Cell:
-        return CpuTiedHeadCrossEntropy(cfg.pad_id) if cfg.compute_dtype == "float32" else super().lm_loss(cfg)
+        if cfg.compute_dtype == "float32" and hasattr(_kernels(), "TiedHeadCrossEntropy"):
+            return CpuTiedHeadCrossEntropy(cfg.pad_id)
+        return super().lm_loss(cfg)
+
+    def _role_cell(self, role: str, cfg: ModelConfig) -> nn.Cell:
+        if role in ("layer_norm", "add_layer_norm"):
+            return getattr(self, role)(cfg.hidden_size, cfg.layernorm_eps)
+        if role == "bias_activation":
+            return self.bias_activation(cfg.activation)
+        return getattr(self, role)(cfg)
+
+    def fused_strategies(self, role: str, prefix: str, cfg: ModelConfig) -> dict | None:
+        """Every primitive of the role's C++ Cell replicated (None where the role is the reference)."""
+        cell = self._role_cell(role, cfg)
+        if type(cell).__module__ != __name__:
+            return None
+        return {path: None for path in primitive_paths(cell, prefix)}
