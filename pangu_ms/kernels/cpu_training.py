@@ -7,6 +7,7 @@ Notation: B batch, N heads, S sequence, D head dim, T tokens (B*S), H hidden, F 
 | `BiasActivation(kind)` | (x [T, F], bias [F]) -> act(x + bias), x's dtype | dx, dbias |
 | `AddLayerNorm(eps)` | (x [T, H], residual [T, H] fp32, gamma, beta [H]) -> (s = residual + x, LayerNorm(s)), fp32 | dx, dresidual, dgamma, dbeta |
 | `FlashAttention(head_dim)` | (q, k, v [B, N, S, D], doc_ids [B, S] int32) -> ctx [B, N, S, D], q's dtype | dq, dk, dv (recomputed tiles) |
+| `TiedHeadCrossEntropy(pad_id)` | (h [T, H], table [V, H], labels [T] int32) -> mean NLL over labels != pad_id, [] fp32 | dh, dtable |
 
 The sources are `kernels/cpu/training.cc` and its `train_*.h` headers, built on first use by
 `pangu_ms.kernels.build` into the user's kernel cache. Every kernel is vectorised twice, AVX2
@@ -33,8 +34,8 @@ from pangu_ms.kernels.attention import mask_bias
 from pangu_ms.kernels.build import cpu_training_library, isa_supported, training_isa
 from pangu_ms.kernels.norm_act import GELU
 
-__all__ = ["AddLayerNorm", "BiasActivation", "FlashAttention", "cpu_training_library", "kernel_threads",
-           "training_isa"]
+__all__ = ["AddLayerNorm", "BiasActivation", "FlashAttention", "TiedHeadCrossEntropy", "cpu_training_library",
+           "kernel_threads", "training_isa"]
 
 Activation = Literal["gelu", "fast_gelu"]
 FAST_GELU_SLOPE = 1.702
@@ -200,3 +201,65 @@ class FlashAttention(nn.Cell):
         scores = self.qk(self.cast(q, ms.float32) * self.scale, self.cast(k, ms.float32))  # [B, N, S, S]
         probs = self.softmax(scores + bias)
         return self.cast(self.pv(probs, self.cast(v, ms.float32)), q.dtype)  # [B, N, S, D]
+
+
+# ---------------------------------------------------------------- tied head + cross-entropy
+
+class TiedHeadCrossEntropy(nn.Cell):
+    """Mean next-token NLL of logits h table^T over the labels that are not `pad_id`.
+
+    `construct(h [T, H], table [V, H] (fp32 or fp16), labels [T] int32) -> loss [] fp32`; 0 when
+    every label is padding; a label outside [0, V) that is not `pad_id` stops the kernel with
+    error code 4. The kernel walks 288-token chunks: logits [288, V] in fp32, the row's log-sum-exp,
+    then d logits = (softmax - onehot) / count in place, consumed at once by d h = dl table and
+    d table += dl^T h. No [T, V] tensor is kept: by default (`grad_in_forward=True`) the forward
+    returns d h [T, H] and d table [V, H] (fp32) with the loss, and the backward scales them by
+    d loss (three products in all, none repeated); with `grad_in_forward=False` the forward
+    computes the loss alone and the backward kernel recomputes the logits (four products; use it
+    where the loss is often computed without a backward, as in evaluation). The reference is
+    MatMul(transpose_b) in fp32, LogSoftmax and a gather of the labels' log-probabilities.
+    """
+
+    def __init__(self, pad_id: int, *, grad_in_forward: bool = True, fused: bool = True, isa: str | None = None):
+        super().__init__()
+        lib, self.isa = _resolve(fused, isa)
+        self.fused = lib is not None
+        self.pad_id = int(pad_id)
+        self.grad_in_forward = grad_in_forward
+        self.cast = P.Cast()
+        self.logits = P.MatMul(transpose_b=True)
+        self.log_softmax = P.LogSoftmax(-1)
+        self.gather = P.GatherD()
+        if not self.fused:
+            return
+        self.pad = Tensor(np.array([self.pad_id], np.int32))
+        zeros_like = P.ZerosLike()
+        if grad_in_forward:
+            def bprop(h, table, labels, pad, out, dout):
+                scale = dout[0]  # d loss [1]
+                return (self.cast(out[1] * scale, h.dtype), self.cast(out[2] * scale, table.dtype),
+                        zeros_like(labels), zeros_like(pad))
+
+            # the loss is [1]: an aot output of shape [] would be a scalar, not a 0-d tensor
+            self.kernel = _op(lib, "TiedHeadCEFwd", self.isa, lambda h, t, y, p: ([1], h, t),
+                              lambda h, t, y, p: (ms.float32, ms.float32, ms.float32), bprop)
+        else:
+            backward = _op(lib, "TiedHeadCEBwd", self.isa, lambda h, t, y, p, g: (h, t), lambda h, t, y, p, g: (h, t))
+
+            def bprop(h, table, labels, pad, out, dout):
+                dh, dtable = backward(h, table, labels, pad, dout)  # dout: d loss [1]
+                return dh, dtable, zeros_like(labels), zeros_like(pad)
+
+            self.kernel = _op(lib, "TiedHeadCELoss", self.isa, lambda h, t, y, p: [1],
+                              lambda h, t, y, p: ms.float32, bprop)
+
+    def construct(self, h, table, labels):
+        if self.fused:
+            out = self.kernel(h, table, labels, self.pad)
+            return (out[0] if self.grad_in_forward else out).reshape(())
+        logp = self.log_softmax(self.logits(self.cast(h, ms.float32), self.cast(table, ms.float32)))  # [T, V]
+        keep = labels != self.pad_id  # [T]
+        safe = ops.select(keep, labels, ops.zeros_like(labels))  # the pad id may lie outside [0, V)
+        nll = -self.gather(logp, 1, safe.reshape(-1, 1)).reshape(-1)  # [T]
+        w = self.cast(keep, ms.float32)
+        return (nll * w).sum() / w.sum().clip(1.0, None)
