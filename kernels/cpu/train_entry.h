@@ -10,3 +10,4 @@ inline int FlashAttentionBwd(const pangu_args::Args& a) { return flash_attention
 inline int TiedHeadCEFwd(const pangu_args::Args& a) { return tied_head_ce_fwd(a); }
 inline int TiedHeadCELoss(const pangu_args::Args& a) { return tied_head_ce_loss(a); }
 inline int TiedHeadCEBwd(const pangu_args::Args& a) { return tied_head_ce_bwd(a); }
+inline int FusedAdamW(const pangu_args::Args& a) { return fused_adamw(a); }

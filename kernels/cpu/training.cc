@@ -33,6 +33,7 @@ namespace avx2 {
 #include "train_attention.h"
 #include "train_gemm.h"
 #include "train_head.h"
+#include "train_adamw.h"
 #include "train_entry.h"
 }  // namespace avx2
 #undef PANGU_VEC_WIDTH
@@ -47,6 +48,7 @@ namespace avx512 {
 #include "train_attention.h"
 #include "train_gemm.h"
 #include "train_head.h"
+#include "train_adamw.h"
 #include "train_entry.h"
 }  // namespace avx512
 #undef PANGU_VEC_WIDTH
@@ -71,6 +73,7 @@ PANGU_KERNEL(FlashAttentionBwd)
 PANGU_KERNEL(TiedHeadCEFwd)
 PANGU_KERNEL(TiedHeadCELoss)
 PANGU_KERNEL(TiedHeadCEBwd)
+PANGU_KERNEL(FusedAdamW)
 
 // Threads the kernels use (the pool's size; see train_pool.h).
 PANGU_EXPORT int PanguKernelThreads() { return pangu_pool::Pool::instance().threads(); }
