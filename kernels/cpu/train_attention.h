@@ -20,8 +20,6 @@
 constexpr int64_t kTile = 64;
 constexpr float kLog2e = 1.44269504088896341f;
 
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 // Per head, fp32 copies of the operands in the layouts the products want, and the tile bounds.
 struct HeadBuffers {
   std::vector<float> qs, kt, kr, vt, vr, dout;  // [Sp, Dp] rows or [Dp, Sp] transposes

@@ -7,3 +7,7 @@ inline int AddLayerNormFwd(const pangu_args::Args& a) { return add_layer_norm_fw
 inline int AddLayerNormBwd(const pangu_args::Args& a) { return add_layer_norm_bwd(a); }
 inline int FlashAttentionFwd(const pangu_args::Args& a) { return flash_attention_fwd(a); }
 inline int FlashAttentionBwd(const pangu_args::Args& a) { return flash_attention_bwd(a); }
+inline int TiedHeadCEFwd(const pangu_args::Args& a) { return tied_head_ce_fwd(a); }
+inline int TiedHeadCELoss(const pangu_args::Args& a) { return tied_head_ce_loss(a); }
+inline int TiedHeadCEBwd(const pangu_args::Args& a) { return tied_head_ce_bwd(a); }
+inline int FusedAdamW(const pangu_args::Args& a) { return fused_adamw(a); }

@@ -57,6 +57,31 @@ inline vi viload(const int32_t* p) { return _mm512_loadu_si512(p); }
 inline vi viset(int32_t x) { return _mm512_set1_epi32(x); }
 inline vi vistep() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 inline vi viadd(vi a, vi b) { return _mm512_add_epi32(a, b); }
+// 16 x 16 transpose: r[i] lane j <- r[j] lane i
+inline void transpose_w(vf r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  // r[4q + j] now holds, in each 128-bit lane L, rows 4L'.. of column block; finish with lane shuffles
+  for (int j = 0; j < 4; ++j) {
+    const __m512 a = r[j], b = r[4 + j], c = r[8 + j], d = r[12 + j];
+    const __m512 ab_lo = _mm512_shuffle_f32x4(a, b, 0x44), ab_hi = _mm512_shuffle_f32x4(a, b, 0xEE);
+    const __m512 cd_lo = _mm512_shuffle_f32x4(c, d, 0x44), cd_hi = _mm512_shuffle_f32x4(c, d, 0xEE);
+    t[j] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0xDD);
+    t[8 + j] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
 #else
 constexpr int W = 8;
 using vf = __m256;
@@ -120,10 +145,31 @@ inline vf vfill_where_gt(vf x, vi a, vi b, vf fill) {
   return _mm256_blendv_ps(x, fill, _mm256_castsi256_ps(_mm256_cmpgt_epi32(a, b)));
 }
 inline vi viload(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+// 8 x 8 transpose: r[i] lane j <- r[j] lane i
+inline void transpose_w(vf r[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  __m256 u[8];
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
 inline vi viset(int32_t x) { return _mm256_set1_epi32(x); }
 inline vi vistep() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
 inline vi viadd(vi a, vi b) { return _mm256_add_epi32(a, b); }
 #endif
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 inline float to_f32(float x) { return x; }
 inline float to_f32(f16 x) { return _cvtsh_ss(x); }

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "train_args.h"
@@ -30,6 +31,9 @@ namespace avx2 {
 #include "train_norm_act.h"
 #include "train_gemm_small.h"
 #include "train_attention.h"
+#include "train_gemm.h"
+#include "train_head.h"
+#include "train_adamw.h"
 #include "train_entry.h"
 }  // namespace avx2
 #undef PANGU_VEC_WIDTH
@@ -42,6 +46,9 @@ namespace avx512 {
 #include "train_norm_act.h"
 #include "train_gemm_small.h"
 #include "train_attention.h"
+#include "train_gemm.h"
+#include "train_head.h"
+#include "train_adamw.h"
 #include "train_entry.h"
 }  // namespace avx512
 #undef PANGU_VEC_WIDTH
@@ -63,6 +70,10 @@ PANGU_KERNEL(AddLayerNormFwd)
 PANGU_KERNEL(AddLayerNormBwd)
 PANGU_KERNEL(FlashAttentionFwd)
 PANGU_KERNEL(FlashAttentionBwd)
+PANGU_KERNEL(TiedHeadCEFwd)
+PANGU_KERNEL(TiedHeadCELoss)
+PANGU_KERNEL(TiedHeadCEBwd)
+PANGU_KERNEL(FusedAdamW)
 
 // Threads the kernels use (the pool's size; see train_pool.h).
 PANGU_EXPORT int PanguKernelThreads() { return pangu_pool::Pool::instance().threads(); }

@@ -7,6 +7,8 @@ Notation: B batch, N heads, S sequence, D head dim, T tokens (B*S), H hidden, F 
 | `BiasActivation(kind)` | (x [T, F], bias [F]) -> act(x + bias), x's dtype | dx, dbias |
 | `AddLayerNorm(eps)` | (x [T, H], residual [T, H] fp32, gamma, beta [H]) -> (s = residual + x, LayerNorm(s)), fp32 | dx, dresidual, dgamma, dbeta |
 | `FlashAttention(head_dim)` | (q, k, v [B, N, S, D], doc_ids [B, S] int32) -> ctx [B, N, S, D], q's dtype | dq, dk, dv (recomputed tiles) |
+| `TiedHeadCrossEntropy(pad_id)` | (h [T, H], table [V, H], labels [T] int32) -> mean NLL over labels != pad_id, [] fp32 | dh, dtable |
+| `FusedAdamW(params, ...)` | (grads, factor, overflow, lr, step) -> applied [] bool; updates in place | (not differentiable) |
 
 The sources are `kernels/cpu/training.cc` and its `train_*.h` headers, built on first use by
 `pangu_ms.kernels.build` into the user's kernel cache. Every kernel is vectorised twice, AVX2
@@ -16,25 +18,49 @@ kernels split work over a thread pool of one thread per CPU this process may use
 (`PANGU_MS_KERNEL_THREADS` overrides), with results independent of the thread count. Inputs may be
 fp32 or fp16 (widened on load, F16C or AVX-512 conversions); arithmetic and statistics are fp32.
 
+The optimizer step, `FusedAdamW`, is one launch over all parameters:
+
+    opt = FusedAdamW(params, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+                     decay=lambda name: not name.endswith((".bias", ".gamma", ".beta")),
+                     bias_correction=False, fp16_copies=None)
+    applied = opt(grads, factor, overflow, lr, step)
+
+`params` are the fp32 master weights; `opt.moments1` / `opt.moments2` are their first and second
+moments (fp32 Parameters named `adam_m.<name>` / `adam_v.<name>`, as `nn.AdamWeightDecay` names
+them, so checkpoints carry over). Call arguments: `grads` a tuple like `params` (fp32 or fp16, still
+loss-scaled), `factor` [] fp32 the multiplier applied to every gradient (1 / (loss scale x
+accumulation steps) x the global-norm clip factor min(1, clip / norm)), `overflow` [] bool (True:
+nothing is written, the step is skipped), `lr` [] fp32 and `step` [] int32, this update's number
+from 1 (read only with `bias_correction=True`). Per parameter, with g = grad x factor:
+m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr (m / (sqrt(v) + eps) + decay_p p), where
+decay_p is `weight_decay` for the parameters `decay` selects (a name predicate, a list of bools,
+or None for all) and 0 for the others; `bias_correction=True` divides m and v by (1 - b^step)
+first (PyTorch's AdamW; `nn.AdamWeightDecay`, the default here, has none). With `fp16_copies`
+(fp16 Parameters shaped like `params`) each copy receives fp16(p) in the same pass. The result is
+True when the update was applied. The kernel updates the Parameters in place (the operator is
+marked `side_effect_mem`, so MindSpore orders it among the graph's reads and writes of them like an
+`Assign`); call it inside a Cell's `construct`, after the gradients.
+
 Each Cell has a `fused` switch: `fused=True` runs the C++ kernel when the library builds here
 and otherwise, after one warning, the reference composition of plain MindSpore ops that
 `fused=False` runs; `cell.fused` says which one runs. Tests compare the two, forward and backward.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import operations as P
 
 from pangu_ms.kernels.attention import mask_bias
 from pangu_ms.kernels.build import cpu_training_library, isa_supported, training_isa
 from pangu_ms.kernels.norm_act import GELU
 
-__all__ = ["AddLayerNorm", "BiasActivation", "FlashAttention", "cpu_training_library", "kernel_threads",
-           "training_isa"]
+__all__ = ["AddLayerNorm", "BiasActivation", "FlashAttention", "FusedAdamW", "TiedHeadCrossEntropy",
+           "cpu_training_library", "kernel_threads", "training_isa"]
 
 Activation = Literal["gelu", "fast_gelu"]
 FAST_GELU_SLOPE = 1.702
@@ -200,3 +226,152 @@ class FlashAttention(nn.Cell):
         scores = self.qk(self.cast(q, ms.float32) * self.scale, self.cast(k, ms.float32))  # [B, N, S, S]
         probs = self.softmax(scores + bias)
         return self.cast(self.pv(probs, self.cast(v, ms.float32)), q.dtype)  # [B, N, S, D]
+
+
+# ---------------------------------------------------------------- tied head + cross-entropy
+
+class TiedHeadCrossEntropy(nn.Cell):
+    """Mean next-token NLL of logits h table^T over the labels that are not `pad_id`.
+
+    `construct(h [T, H], table [V, H] (fp32 or fp16), labels [T] int32) -> loss [] fp32`; 0 when
+    every label is padding; a label outside [0, V) that is not `pad_id` stops the kernel with
+    error code 4. The kernel walks 288-token chunks: logits [288, V] in fp32, the row's log-sum-exp,
+    then d logits = (softmax - onehot) / count in place, consumed at once by d h = dl table and
+    d table += dl^T h. No [T, V] tensor is kept: by default (`grad_in_forward=True`) the forward
+    returns d h [T, H] and d table [V, H] (fp32) with the loss, and the backward scales them by
+    d loss (three products in all, none repeated); with `grad_in_forward=False` the forward
+    computes the loss alone and the backward kernel recomputes the logits (four products; use it
+    where the loss is often computed without a backward, as in evaluation). The reference is
+    MatMul(transpose_b) in fp32, LogSoftmax and a gather of the labels' log-probabilities.
+    """
+
+    def __init__(self, pad_id: int, *, grad_in_forward: bool = True, fused: bool = True, isa: str | None = None):
+        super().__init__()
+        lib, self.isa = _resolve(fused, isa)
+        self.fused = lib is not None
+        self.pad_id = int(pad_id)
+        self.grad_in_forward = grad_in_forward
+        self.cast = P.Cast()
+        self.logits = P.MatMul(transpose_b=True)
+        self.log_softmax = P.LogSoftmax(-1)
+        self.gather = P.GatherD()
+        if not self.fused:
+            return
+        self.pad = Tensor(np.array([self.pad_id], np.int32))
+        zeros_like = P.ZerosLike()
+        if grad_in_forward:
+            def bprop(h, table, labels, pad, out, dout):
+                scale = dout[0]  # d loss [1]
+                return (self.cast(out[1] * scale, h.dtype), self.cast(out[2] * scale, table.dtype),
+                        zeros_like(labels), zeros_like(pad))
+
+            # the loss is [1]: an aot output of shape [] would be a scalar, not a 0-d tensor
+            self.kernel = _op(lib, "TiedHeadCEFwd", self.isa, lambda h, t, y, p: ([1], h, t),
+                              lambda h, t, y, p: (ms.float32, ms.float32, ms.float32), bprop)
+        else:
+            backward = _op(lib, "TiedHeadCEBwd", self.isa, lambda h, t, y, p, g: (h, t), lambda h, t, y, p, g: (h, t))
+
+            def bprop(h, table, labels, pad, out, dout):
+                dh, dtable = backward(h, table, labels, pad, dout)  # dout: d loss [1]
+                return dh, dtable, zeros_like(labels), zeros_like(pad)
+
+            self.kernel = _op(lib, "TiedHeadCELoss", self.isa, lambda h, t, y, p: [1],
+                              lambda h, t, y, p: ms.float32, bprop)
+
+    def construct(self, h, table, labels):
+        if self.fused:
+            out = self.kernel(h, table, labels, self.pad)
+            return (out[0] if self.grad_in_forward else out).reshape(())
+        logp = self.log_softmax(self.logits(self.cast(h, ms.float32), self.cast(table, ms.float32)))  # [T, V]
+        keep = labels != self.pad_id  # [T]
+        safe = ops.select(keep, labels, ops.zeros_like(labels))  # the pad id may lie outside [0, V)
+        nll = -self.gather(logp, 1, safe.reshape(-1, 1)).reshape(-1)  # [T]
+        w = self.cast(keep, ms.float32)
+        return (nll * w).sum() / w.sum().clip(1.0, None)
+
+
+# ---------------------------------------------------------------- AdamW
+
+_adamw = ops.MultitypeFuncGraph("pangu_adamw")
+_copy_fp16 = ops.MultitypeFuncGraph("pangu_copy_fp16")
+
+
+@_adamw.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                 "Tensor", "Tensor")
+def _adamw_update(b1, b2, eps, lr, c1, c2, factor, decay, param, m, v, grad):
+    """The reference update of one parameter (the kernel's formula, with MindSpore ops)."""
+    g = ops.cast(grad, ms.float32) * factor
+    m_new = b1 * m + (1.0 - b1) * g
+    v_new = b2 * v + (1.0 - b2) * (g * g)
+    p_new = param - lr * (m_new * c1 / (ops.sqrt(v_new * c2) + eps) + decay * param)
+    return ops.depend(ops.assign(param, p_new), (ops.assign(m, m_new), ops.assign(v, v_new)))
+
+
+@_copy_fp16.register("Tensor", "Tensor")
+def _copy_fp16_update(copy, param):
+    return ops.assign(copy, ops.cast(param, ms.float16))
+
+
+class FusedAdamW(nn.Cell):
+    """AdamW on fp32 master weights in one launch: see the module docstring for the interface.
+
+    `construct(grads, factor [] fp32, overflow [] bool, lr [] fp32, step [] int32) -> applied []
+    bool`. The reference (`fused=False`) is the same update with MindSpore ops per parameter.
+    """
+
+    def __init__(self, params: Sequence[Parameter], *, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
+                 weight_decay: float = 0.0, decay: Callable[[str], bool] | Sequence[bool] | None = None,
+                 bias_correction: bool = False, fp16_copies: Sequence[Parameter] | None = None, fused: bool = True,
+                 isa: str | None = None):
+        super().__init__(auto_prefix=False)
+        lib, self.isa = _resolve(fused, isa)
+        self.fused = lib is not None
+        self.parameters = ParameterTuple(params)
+        names = [p.name for p in self.parameters]
+        if any(p.dtype != ms.float32 for p in self.parameters):
+            raise ValueError(f"FusedAdamW updates fp32 master weights; not fp32: "
+                             f"{[p.name for p in self.parameters if p.dtype != ms.float32]}")
+        if decay is None:
+            flags = [True] * len(names)
+        elif callable(decay):
+            flags = [bool(decay(n)) for n in names]
+        else:
+            flags = [bool(f) for f in decay]
+            if len(flags) != len(names):
+                raise ValueError(f"FusedAdamW decay: {len(flags)} flags for {len(names)} parameters")
+        self.decay_rates = [float(weight_decay) if f else 0.0 for f in flags]
+        self.moments1 = self.parameters.clone(prefix="adam_m", init="zeros")
+        self.moments2 = self.parameters.clone(prefix="adam_v", init="zeros")
+        self.has_copies = fp16_copies is not None
+        self.copies = ParameterTuple(fp16_copies if self.has_copies else [])
+        if self.has_copies and ([c.shape for c in self.copies] != [p.shape for p in self.parameters]
+                                or any(c.dtype != ms.float16 for c in self.copies)):
+            raise ValueError("FusedAdamW fp16_copies: one fp16 Parameter per parameter, of the same shape")
+        self.bias_correction = bool(bias_correction)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.hyper_map = ops.HyperMap()
+        self.decays = tuple(Tensor(d, ms.float32) for d in self.decay_rates)
+        if self.fused:
+            self.hyper = Tensor(np.array([len(names), float(self.has_copies), beta1, beta2, eps,
+                                          float(self.bias_correction), *self.decay_rates], np.float32))
+            self.kernel = _op(lib, "FusedAdamW", self.isa, [1], ms.int32)
+            self.kernel.add_prim_attr("side_effect_mem", True)
+
+    def construct(self, grads, factor, overflow, lr, step):
+        if self.fused:
+            applied = self.kernel(self.hyper, factor, overflow, lr, step, *self.parameters, *self.moments1,
+                                  *self.moments2, *grads, *self.copies)
+            return applied.reshape(()) > 0
+        if overflow:
+            return ops.logical_not(overflow)
+        c1, c2 = ops.ones((), ms.float32), ops.ones((), ms.float32)
+        if self.bias_correction:
+            t = ops.cast(step, ms.float32)
+            c1 = 1.0 / (1.0 - ops.pow(Tensor(self.beta1, ms.float32), t))
+            c2 = 1.0 / (1.0 - ops.pow(Tensor(self.beta2, ms.float32), t))
+        update = ops.partial(_adamw, Tensor(self.beta1, ms.float32), Tensor(self.beta2, ms.float32),
+                             Tensor(self.eps, ms.float32), lr, c1, c2, factor)
+        done = self.hyper_map(update, self.decays, self.parameters, self.moments1, self.moments2, grads)
+        if self.has_copies:  # after the updates: side effects on Parameters run in program order
+            done = ops.depend(self.hyper_map(_copy_fp16, self.copies, self.parameters), done)
+        return ops.depend(ops.logical_not(overflow), done)
