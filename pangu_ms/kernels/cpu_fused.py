@@ -120,7 +120,8 @@ class CpuFlashAttention(nn.Cell):
 
 class CpuTiedHeadCrossEntropy(nn.Cell):
     """(h [T, H], table [V, H], labels [T]) -> mean NLL over non-pad labels, fp32; the [T, V]
-    logits are never kept for the backward."""
+    logits are never kept for the backward (the kernel computes the gradients in the forward
+    pass, chunk by chunk, and the backward scales them)."""
 
     def __init__(self, pad_id: int):
         super().__init__()
@@ -156,9 +157,7 @@ class CpuFusedKernels(KernelSpec):
         return CpuFlashAttention(cfg.head_dim, cfg.compute_dtype) if cfg.dropout == 0 else super().core_attention(cfg)
 
     def lm_loss(self, cfg: ModelConfig) -> nn.Cell:
-        if cfg.compute_dtype == "float32" and hasattr(_kernels(), "TiedHeadCrossEntropy"):
-            return CpuTiedHeadCrossEntropy(cfg.pad_id)
-        return super().lm_loss(cfg)
+        return CpuTiedHeadCrossEntropy(cfg.pad_id) if cfg.compute_dtype == "float32" else super().lm_loss(cfg)
 
     def _role_cell(self, role: str, cfg: ModelConfig) -> nn.Cell:
         if role in ("layer_norm", "add_layer_norm"):

@@ -16,7 +16,10 @@ from pangu_ms.data.dataset import eod_reset
 from pangu_ms.kernels import cpu_fused
 from pangu_ms.kernels.cpu_training import cpu_training_library
 from pangu_ms.kernels.switch import kernel_spec
+from pangu_ms.config import OptimizerConfig, ScheduleConfig
 from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
+from pangu_ms.train.optimizer import FusedAdamWUpdate, build_optimizer
+from pangu_ms.train.step import Trainer
 
 
 def _fused_spec():
@@ -61,11 +64,16 @@ def test_fused_path_is_the_one_running(tmp_path):
     held = [block.ln1, block.ln2, block.ffn.linear_fc1.activation, block.attention.core, fused.lm.backbone.final_ln]
     assert [type(c).__name__ for c in held] == ["CpuLayerNorm", "CpuAddLayerNorm", "CpuBiasActivation",
                                                 "CpuFlashAttention", "CpuLayerNorm"]
+    held.append(fused.loss)
+    assert type(fused.loss).__name__ == "CpuTiedHeadCrossEntropy"
     assert all(c.kernel.fused for c in held)  # the C++ operator, not the Cell's own fallback
     assert type(fused.lm.backbone.attention_mask).__name__ == "DocumentIds"  # no [B, S, S] mask built
-    grads = ms.grad(fused, grad_position=None, weights=fused.trainable_params())
-    ops = compiled_op_dtypes(grads, _batch(cfg), tmp_path / "ir")
-    assert "Custom" in ops and "Softmax" not in ops and "LayerNorm" not in ops and "BatchMatMul" not in ops
+    opt = OptimizerConfig()
+    trainer = Trainer(fused, build_optimizer(fused.trainable_params(), opt, ScheduleConfig(), 10), opt)
+    assert isinstance(trainer.cell.fused_update, FusedAdamWUpdate) and trainer.cell.fused_update.kernel.fused
+    ops = compiled_op_dtypes(trainer.cell, _batch(cfg), tmp_path / "ir")  # forward, backward, update
+    assert "Custom" in ops
+    assert not ops.keys() & {"Softmax", "LayerNorm", "BatchMatMul", "LogSoftmax", "GeLU", "AdamWeightDecay"}, ops.keys()
 
 
 @pytest.mark.parametrize("activation", ["gelu", "fast_gelu"])

@@ -1,5 +1,7 @@
 """The train step: AdamW + schedule against NumPy, forced overflow, loss-scale growth,
-gradient accumulation, fp16 compute. One compiled step shared by the module."""
+gradient accumulation, fp16 compute. One compiled step per kernel set shared by the module:
+`model.kernels: fused` applies AdamW with the fused C++ kernel, `reference` with
+`nn.AdamWeightDecay`; both must give the NumPy update."""
 from __future__ import annotations
 
 import math
@@ -41,9 +43,10 @@ def _state(trainer):
 
 
 class _Rig:
-    def __init__(self):
-        self.cfg = tiny_model_config()
+    def __init__(self, kernels: str):
+        self.cfg = tiny_model_config(kernels=kernels)
         self.net, self.trainer = _build(self.cfg)
+        assert self.trainer.fused_update == (kernels == "fused")
         self.initial = _state(self.trainer)
         self.batch = _batch(self.cfg, 4, 0)
 
@@ -54,9 +57,9 @@ class _Rig:
             p.copy_(Tensor(self.initial[p.name]))
 
 
-@pytest.fixture(scope="module")
-def rig():
-    return _Rig()
+@pytest.fixture(scope="module", params=["fused", "reference"])
+def rig(request):
+    return _Rig(request.param)
 
 
 def test_lr_schedule_graph_matches_python():
@@ -145,3 +148,16 @@ def test_fp16_compute_keeps_fp32_state():
     assert all(p.dtype == ms.float32 for p in trainer.cell.get_parameters() if p.name.startswith(("adam_", "lm.")))
     net32, _ = _build(tiny_model_config())
     assert float(net32(*batch).asnumpy()) == pytest.approx(res[0].loss, abs=2e-2)
+
+
+def test_fused_and_reference_steps_hold_the_same_state():
+    """Same Parameters by name (weights, AdamW moments and step, loss scale): a checkpoint of
+    one kernel set loads into the other."""
+    names = {}
+    for kernels in ("fused", "reference"):
+        _, trainer = _build(tiny_model_config(kernels=kernels))
+        got = [p.name for p in trainer.cell.get_parameters()]
+        assert len(got) == len(set(got)), kernels
+        names[kernels] = sorted(got)
+    assert names["fused"] == names["reference"]
+    assert any(n.startswith("adam_m.") for n in names["fused"]) and "global_step" in names["fused"]
