@@ -11,11 +11,13 @@
 // outputs, shapes[i] / ndims[i] / dtypes[i] describe params[i]; all tensors are contiguous.
 // A nonzero return (see KernelError in train_args.h) makes MindSpore stop with that code.
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
