@@ -76,6 +76,7 @@ PANGU_KERNEL(TiedHeadCEFwd)
 PANGU_KERNEL(TiedHeadCELoss)
 PANGU_KERNEL(TiedHeadCEBwd)
 PANGU_KERNEL(FusedAdamW)
+PANGU_KERNEL(GradSquaredNorm)
 
 // Threads the kernels use (the pool's size; see train_pool.h).
 PANGU_EXPORT int PanguKernelThreads() { return pangu_pool::Pool::instance().threads(); }

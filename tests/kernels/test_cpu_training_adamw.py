@@ -4,12 +4,13 @@ overflow step that must change nothing, bias correction, fp16 gradients and fp16
 (The update inside a training graph: test_cpu_training_graph.py.)"""
 from __future__ import annotations
 
+import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
 from cpu_training_testing import ISAS, fused_cell, pynative
-from pangu_ms.kernels.cpu_training import FusedAdamW
+from pangu_ms.kernels.cpu_training import FusedAdamW, GradSquaredNorm
 
 # odd sizes (vector tails), and one parameter over the kernel's 32K-element piece
 SHAPES = {"embedding": (300, 130), "dense.weight": (37, 53), "dense.bias": (53,), "ln.gamma": (53,),
@@ -135,6 +136,23 @@ def test_bias_correction_fp16_gradients_and_fp16_copies(isa):
         np.testing.assert_allclose(rp.asnumpy(), st[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(c.asnumpy(), p.asnumpy().astype(np.float16))  # the same pass wrote them
         np.testing.assert_array_equal(rc.asnumpy(), rp.asnumpy().astype(np.float16))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_grad_squared_norm_matches_numpy_and_propagates_inf_and_nan(isa):
+    rng = np.random.default_rng(9)
+    grads = [(rng.normal(size=s) * 10.0 ** -(i % 3)).astype(np.float32) for i, s in enumerate(SHAPES.values())]
+    grads[2] = grads[2].astype(np.float16)  # mixed dtypes in one launch
+    want = sum((g.astype(np.float64) ** 2).sum() for g in grads)
+    fused, ref = fused_cell(GradSquaredNorm, isa=isa), GradSquaredNorm(fused=False)
+    for cell in (fused, ref):
+        got = cell(tuple(Tensor(g) for g in grads))
+        assert got.shape == () and got.dtype == ms.float32
+        np.testing.assert_allclose(float(got.asnumpy()), want, rtol=1e-6)
+    for bad, expect in ((np.inf, np.isinf), (np.nan, np.isnan)):
+        spoiled = [g.copy() for g in grads]
+        spoiled[0].flat[35000] = bad  # in the second 32K piece of the first parameter
+        assert expect(float(fused(tuple(Tensor(g) for g in spoiled)).asnumpy()))
 
 
 def test_constructor_errors():

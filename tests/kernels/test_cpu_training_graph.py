@@ -29,7 +29,7 @@ from test_cpu_training_norm_act import ACT, _act_grad, _numpy_add_layer_norm
 
 ENTRY_POINTS = ["BiasGeluFwd", "BiasGeluBwd", "BiasFastGeluFwd", "BiasFastGeluBwd", "AddLayerNormFwd",
                 "AddLayerNormBwd", "FlashAttentionFwd", "FlashAttentionBwd", "TiedHeadCEFwd", "TiedHeadCELoss",
-                "TiedHeadCEBwd", "FusedAdamW"]
+                "TiedHeadCEBwd", "FusedAdamW", "GradSquaredNorm"]
 LR, B1, B2, EPS, WD = 3e-3, 0.9, 0.95, 1e-8, 0.1
 
 
