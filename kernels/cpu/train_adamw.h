@@ -95,3 +95,49 @@ int fused_adamw(const pangu_args::Args& a) {
   applied[0] = 1;
   return kOk;
 }
+
+// (P gradients, fp32 or fp16) -> [1] fp32: the sum of squares of every element, for the global
+// norm the clip factor and the overflow flag come from. Pieces as in fused_adamw, each summed in
+// double, then added in piece order; an inf or NaN anywhere makes the result inf or NaN.
+int grad_squared_norm(const pangu_args::Args& a) {
+  const int np = a.count - 1;
+  struct Piece {
+    int param;
+    int64_t offset, size;
+  };
+  std::vector<Piece> pieces;
+  for (int i = 0; i < np; ++i) {
+    if (!(a.single(i) || a.half(i))) return kBadDtype;
+    const int64_t n = a.numel(i);
+    for (int64_t off = 0; off < n; off += kAdamPiece) pieces.push_back({i, off, std::min(kAdamPiece, n - off)});
+  }
+  std::vector<double> partial(pieces.size(), 0.0);
+  pangu_pool::parallel_for(static_cast<int64_t>(pieces.size()), [&](int64_t k) {
+    const Piece& pc = pieces[k];
+    vf acc = vzero();
+    auto sum = [&](auto* g) {
+      int64_t i = 0;
+      for (; i + W <= pc.size; i += W) {
+        const vf x = vld(g + i);
+        acc = vfma(x, x, acc);
+      }
+      if (i < pc.size) {
+        const vf x = vld_n(g + i, int(pc.size - i));
+        acc = vfma(x, x, acc);
+      }
+    };
+    if (a.half(pc.param))
+      sum(a.at<f16>(pc.param) + pc.offset);
+    else
+      sum(a.at<float>(pc.param) + pc.offset);
+    alignas(64) float lanes[W];
+    vst(lanes, acc);
+    double s = 0.0;
+    for (int j = 0; j < W; ++j) s += lanes[j];
+    partial[k] = s;
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  *a.at<float>(np) = static_cast<float>(total);
+  return kOk;
+}

@@ -11,3 +11,4 @@ inline int TiedHeadCEFwd(const pangu_args::Args& a) { return tied_head_ce_fwd(a)
 inline int TiedHeadCELoss(const pangu_args::Args& a) { return tied_head_ce_loss(a); }
 inline int TiedHeadCEBwd(const pangu_args::Args& a) { return tied_head_ce_bwd(a); }
 inline int FusedAdamW(const pangu_args::Args& a) { return fused_adamw(a); }
+inline int GradSquaredNorm(const pangu_args::Args& a) { return grad_squared_norm(a); }

@@ -77,11 +77,7 @@ inline void pack_a_panel(const T* a, int64_t a_m, int64_t a_k, int64_t M, int64_
                          float* out) {
   const int rows = static_cast<int>(std::min<int64_t>(kMR, M - m0));
   if (a_m == 1) {  // columns of A are contiguous (A is a transpose): copy kMR at a time
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* src = a + (k0 + k) * a_k + m0;
-      float* dst = out + k * kMR;
-      for (int i = 0; i < kMR; ++i) dst[i] = i < rows ? to_f32(src[i]) : 0.0f;
-    }
+    for (int64_t k = 0; k < kc; ++k) vst_n(out + k * kMR, vld_n(a + (k0 + k) * a_k + m0, rows), kMR);
     return;
   }
   int64_t k = 0;
@@ -104,15 +100,23 @@ inline void pack_a_panel(const T* a, int64_t a_m, int64_t a_k, int64_t M, int64_
 
 // C[M, N] (+)= A_packed x B_packed for pre-packed operands: ap holds ceil(M / kMR) panels of
 // [K][kMR] and bp ceil(N / kNR) panels of [K][kNR] (each panel `K` deep, with panel strides
-// ap_stride / bp_stride floats). B panels outer, so one B panel stays in L1 over all of A.
+// ap_stride / bp_stride floats). B is walked in blocks of about 768 KB (kept in L2) and, within a
+// block, each A panel (in L1) meets every B panel, so C is written a few KB at a time along its
+// rows rather than 128 bytes per row across thousands of rows.
 template <bool ACC>
 inline void gemm_packed(int64_t M, int64_t N, int64_t K, const float* ap, int64_t ap_stride, const float* bp,
                         int64_t bp_stride, float* C, int64_t ldc) {
-  for (int64_t n0 = 0, jp = 0; n0 < N; n0 += kNR, ++jp) {
-    const int cols = static_cast<int>(std::min<int64_t>(kNR, N - n0));
+  const int64_t panels = (N + kNR - 1) / kNR;
+  const int64_t block = std::max<int64_t>(1, (768 * 1024) / std::max<int64_t>(1, K * kNR * 4));
+  for (int64_t j0 = 0; j0 < panels; j0 += block) {
+    const int64_t j1 = std::min(panels, j0 + block);
     for (int64_t m0 = 0, ip = 0; m0 < M; m0 += kMR, ++ip) {
       const int rows = static_cast<int>(std::min<int64_t>(kMR, M - m0));
-      micro_kernel<ACC>(K, ap + ip * ap_stride, bp + jp * bp_stride, C + m0 * ldc + n0, ldc, rows, cols);
+      for (int64_t jp = j0; jp < j1; ++jp) {
+        const int64_t n0 = jp * kNR;
+        const int cols = static_cast<int>(std::min<int64_t>(kNR, N - n0));
+        micro_kernel<ACC>(K, ap + ip * ap_stride, bp + jp * bp_stride, C + m0 * ldc + n0, ldc, rows, cols);
+      }
     }
   }
 }

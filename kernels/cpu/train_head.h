@@ -23,6 +23,29 @@ inline int64_t head_rows_per_task(int64_t rows) {
   return std::max<int64_t>(kMR, round_up((rows + blocks - 1) / blocks, kMR));
 }
 
+// Float scratch that only grows, in 2 MB-aligned memory the kernel is asked to back with huge
+// pages (madvise): the logits rows are 4 V bytes apart, and with 4 KB pages every row of a
+// register block is its own TLB entry.
+class ScratchBuffer {
+ public:
+  ~ScratchBuffer() { std::free(data_); }
+  void resize(int64_t n) {
+    if (n <= capacity_) return;
+    std::free(data_);
+    const size_t bytes = round_up(n * static_cast<int64_t>(sizeof(float)), int64_t{1} << 21);
+    data_ = static_cast<float*>(std::aligned_alloc(size_t{1} << 21, bytes));
+    if (data_ == nullptr) std::abort();
+    madvise(data_, bytes, MADV_HUGEPAGE);  // advice only: no huge pages, no harm
+    capacity_ = static_cast<int64_t>(bytes / sizeof(float));
+  }
+  float* data() { return data_; }
+  float& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  float* data_ = nullptr;
+  int64_t capacity_ = 0;
+};
+
 // Softmax cross-entropy of one row of logits (v < V), in place: returns the row's NLL; with
 // `grads`, the row becomes (softmax - onehot(label)) * w.
 inline float softmax_xent_row(float* lr, int64_t V, int32_t label, bool grads, float w) {
@@ -74,8 +97,10 @@ int head_cross_entropy(const TH* h, const TT* table, const int32_t* labels, int3
   // on every call cost more than the packing itself
   // (the references matter: a thread_local named inside a lambda run by a worker would be the
   // worker's own copy)
-  thread_local std::vector<float> tl_bt, tl_bn, tl_logits, tl_row_loss, tl_bh;
-  auto &bt = tl_bt, &bn = tl_bn, &logits = tl_logits, &row_loss = tl_row_loss, &bh = tl_bh;
+  thread_local ScratchBuffer tl_bt, tl_bn, tl_logits, tl_bh;
+  thread_local std::vector<float> tl_row_loss;
+  auto &bt = tl_bt, &bn = tl_bn, &logits = tl_logits, &bh = tl_bh;
+  auto& row_loss = tl_row_loss;
   bt.resize(vpanels * H * kNR);
   pangu_pool::parallel_for(vpanels, [&](int64_t j) { pack_b_panel(table, 1, H, H, V, j * kNR, &bt[j * H * kNR]); });
   if (grads) {  // B of d h = dl table: element (k = v, n = e) = table[v, e]

@@ -11,11 +11,13 @@
 // outputs, shapes[i] / ndims[i] / dtypes[i] describe params[i]; all tensors are contiguous.
 // A nonzero return (see KernelError in train_args.h) makes MindSpore stop with that code.
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -74,6 +76,7 @@ PANGU_KERNEL(TiedHeadCEFwd)
 PANGU_KERNEL(TiedHeadCELoss)
 PANGU_KERNEL(TiedHeadCEBwd)
 PANGU_KERNEL(FusedAdamW)
+PANGU_KERNEL(GradSquaredNorm)
 
 // Threads the kernels use (the pool's size; see train_pool.h).
 PANGU_EXPORT int PanguKernelThreads() { return pangu_pool::Pool::instance().threads(); }

@@ -9,6 +9,7 @@ Notation: B batch, N heads, S sequence, D head dim, T tokens (B*S), H hidden, F 
 | `FlashAttention(head_dim)` | (q, k, v [B, N, S, D], doc_ids [B, S] int32) -> ctx [B, N, S, D], q's dtype | dq, dk, dv (recomputed tiles) |
 | `TiedHeadCrossEntropy(pad_id)` | (h [T, H], table [V, H], labels [T] int32) -> mean NLL over labels != pad_id, [] fp32 | dh, dtable |
 | `FusedAdamW(params, ...)` | (grads, factor, overflow, lr, step) -> applied [] bool; updates in place | (not differentiable) |
+| `GradSquaredNorm()` | (grads tuple, fp32 or fp16) -> sum of squares of every element, [] fp32 | (not differentiable) |
 
 The sources are `kernels/cpu/training.cc` and its `train_*.h` headers, built on first use by
 `pangu_ms.kernels.build` into the user's kernel cache. Every kernel is vectorised twice, AVX2
@@ -39,7 +40,9 @@ first (PyTorch's AdamW; `nn.AdamWeightDecay`, the default here, has none). With 
 (fp16 Parameters shaped like `params`) each copy receives fp16(p) in the same pass. The result is
 True when the update was applied. The kernel updates the Parameters in place (the operator is
 marked `side_effect_mem`, so MindSpore orders it among the graph's reads and writes of them like an
-`Assign`); call it inside a Cell's `construct`, after the gradients.
+`Assign`); call it inside a Cell's `construct`, after the gradients. `GradSquaredNorm()(grads)`
+gives the squared global norm those steps need (norm = sqrt(it) / loss scale; not finite means
+overflow) in one launch instead of a cast, a multiply and a sum per gradient.
 
 Each Cell has a `fused` switch: `fused=True` runs the C++ kernel when the library builds here
 and otherwise, after one warning, the reference composition of plain MindSpore ops that
@@ -59,8 +62,8 @@ from pangu_ms.kernels.attention import mask_bias
 from pangu_ms.kernels.build import cpu_training_library, isa_supported, training_isa
 from pangu_ms.kernels.norm_act import GELU
 
-__all__ = ["AddLayerNorm", "BiasActivation", "FlashAttention", "FusedAdamW", "TiedHeadCrossEntropy",
-           "cpu_training_library", "kernel_threads", "training_isa"]
+__all__ = ["AddLayerNorm", "BiasActivation", "FlashAttention", "FusedAdamW", "GradSquaredNorm",
+           "TiedHeadCrossEntropy", "cpu_training_library", "kernel_threads", "training_isa"]
 
 Activation = Literal["gelu", "fast_gelu"]
 FAST_GELU_SLOPE = 1.702
@@ -375,3 +378,33 @@ class FusedAdamW(nn.Cell):
         if self.has_copies:  # after the updates: side effects on Parameters run in program order
             done = ops.depend(self.hyper_map(_copy_fp16, self.copies, self.parameters), done)
         return ops.depend(ops.logical_not(overflow), done)
+
+
+_square_sum = ops.MultitypeFuncGraph("pangu_square_sum")
+
+
+@_square_sum.register("Tensor")
+def _square_sum_tensor(grad):
+    g = ops.cast(grad, ms.float32)
+    return (g * g).sum()
+
+
+class GradSquaredNorm(nn.Cell):
+    """sum over every gradient of sum(g^2): `construct(grads tuple (fp32 or fp16)) -> [] fp32`.
+
+    One launch (per-piece double sums added in a fixed order); inf or NaN in any gradient gives
+    inf or NaN. The reference is a cast, multiply and sum per gradient and an AddN.
+    """
+
+    def __init__(self, *, fused: bool = True, isa: str | None = None):
+        super().__init__()
+        lib, self.isa = _resolve(fused, isa)
+        self.fused = lib is not None
+        self.hyper_map = ops.HyperMap()
+        if self.fused:
+            self.kernel = _op(lib, "GradSquaredNorm", self.isa, [1], ms.float32)
+
+    def construct(self, grads):
+        if self.fused:
+            return self.kernel(*grads).reshape(())
+        return ops.addn(self.hyper_map(_square_sum, grads))

@@ -3,9 +3,14 @@
 A fused Cell that fell back to its reference would make every fused-versus-reference test pass
 without testing anything, so `fused_cell` fails the test instead (CI must catch a missing fused
 path); the AVX-512 cases are skipped only on a CPU without AVX-512, where that path cannot run.
+
+The numerical sweeps run in PyNative mode (`pynative`): the kernels are the same, and each case
+then costs milliseconds instead of a graph compile of seconds. `test_cpu_training_graph.py` runs
+every kernel, and the optimizer inside a training step, in GRAPH_MODE, the mode training uses.
 """
 from __future__ import annotations
 
+import mindspore as ms
 import numpy as np
 import pytest
 
@@ -15,6 +20,14 @@ from pangu_ms.kernels.cpu_training import cpu_training_library
 ISAS = ["avx2", pytest.param("avx512", marks=pytest.mark.skipif(
     not isa_supported("avx512"), reason="this CPU has no AVX-512 (F/BW/VL/DQ): it runs the AVX2 path"))]
 """Both code paths of the library, as a pytest parameter list."""
+
+
+@pytest.fixture()
+def pynative():
+    """PyNative mode for one test (the suite's default, GRAPH_MODE, is restored after it)."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=ms.GRAPH_MODE)
 
 
 def fused_cell(cls, *args, **kwargs):
@@ -47,7 +60,6 @@ def assert_close(got, want, dtype, *, scale: float = 1.0, rtol32: float = 2e-5, 
 def forward_and_vjp(cell):
     """One graph computing (cell(*inputs), gradients of sum(cell(*inputs) * dy) w.r.t. every
     input): `forward_and_vjp(cell)(*inputs, dy)` -> (output, grads). One compile instead of two."""
-    import mindspore as ms
     from mindspore import nn
 
     class _ForwardVjp(nn.Cell):

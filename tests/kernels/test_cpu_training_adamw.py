@@ -1,22 +1,24 @@
 """FusedAdamW (one C++ launch over all parameters) against `nn.AdamWeightDecay` and float64 NumPy
 over several steps: eps 1e-8, two decay groups, loss-scale unscale with global-norm clipping, an
-overflow step that must change nothing, bias correction, fp16 gradients and fp16 weight copies,
-and the update inside a training graph."""
+overflow step that must change nothing, bias correction, fp16 gradients and fp16 weight copies.
+(The update inside a training graph: test_cpu_training_graph.py.)"""
 from __future__ import annotations
 
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn
 
-from cpu_training_testing import ISAS, fused_cell
-from pangu_ms.kernels.cpu_training import FusedAdamW
+from cpu_training_testing import ISAS, fused_cell, pynative
+from pangu_ms.kernels.cpu_training import FusedAdamW, GradSquaredNorm
 
 # odd sizes (vector tails), and one parameter over the kernel's 32K-element piece
 SHAPES = {"embedding": (300, 130), "dense.weight": (37, 53), "dense.bias": (53,), "ln.gamma": (53,),
           "ln.beta": (53,), "scalar_like": (1,)}
 B1, B2, EPS, WD, LR = 0.9, 0.95, 1e-8, 0.1, 3e-3
 SCALE, CLIP = 1024.0, 1.0
+
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 def _decays(name: str) -> bool:
@@ -136,51 +138,21 @@ def test_bias_correction_fp16_gradients_and_fp16_copies(isa):
         np.testing.assert_array_equal(rc.asnumpy(), rp.asnumpy().astype(np.float16))
 
 
-class _Net(nn.Cell):
-    def __init__(self, seed):
-        super().__init__()
-        rng = np.random.default_rng(seed)
-        self.w = Parameter(Tensor(rng.normal(size=(7, 5)).astype(np.float32)), name="w")
-        self.b = Parameter(Tensor(rng.normal(size=5).astype(np.float32)), name="b")
-
-    def construct(self, x):
-        return ((ops.matmul(x, self.w) + self.b) ** 2).mean()
-
-
-class _Step(nn.Cell):
-    """loss, then gradients, then the optimizer, in one graph (the update reads and writes the
-    Parameters the forward and backward just read)."""
-
-    def __init__(self, net, opt, fused_interface: bool):
-        super().__init__(auto_prefix=False)
-        self.net, self.opt, self.fused_interface = net, opt, fused_interface
-        self.weights = ms.ParameterTuple(net.trainable_params())
-        self.grad = ops.GradOperation(get_by_list=True)
-
-    def construct(self, x):
-        loss = self.net(x)
-        grads = self.grad(self.net, self.weights)(x)
-        if self.fused_interface:
-            done = self.opt(grads, ops.ones((), ms.float32), ops.zeros((), ms.bool_), ops.ones((), ms.float32) * LR,
-                            ops.ones((), ms.int32))
-        else:
-            done = self.opt(grads)
-        return ops.depend(loss, done)
-
-
-def test_update_inside_a_training_graph_follows_adam_weight_decay():
-    x = Tensor(np.random.default_rng(3).normal(size=(4, 7)).astype(np.float32))
-    fused_net, ms_net = _Net(0), _Net(0)
-    fused = _Step(fused_net, fused_cell(FusedAdamW, fused_net.trainable_params(), beta1=B1, beta2=B2, eps=EPS,
-                                        weight_decay=WD, decay=[True, False]), True)  # w decays, b does not
-    groups = [{"params": [ms_net.w], "weight_decay": WD}, {"params": [ms_net.b], "weight_decay": 0.0},
-              {"order_params": ms_net.trainable_params()}]
-    plain = _Step(ms_net, nn.AdamWeightDecay(groups, learning_rate=LR, beta1=B1, beta2=B2, eps=EPS), False)
-    losses = [(float(fused(x).asnumpy()), float(plain(x).asnumpy())) for _ in range(6)]
-    np.testing.assert_allclose(*zip(*losses), rtol=1e-6)
-    assert losses[-1][0] < losses[0][0]
-    np.testing.assert_allclose(fused_net.w.asnumpy(), ms_net.w.asnumpy(), rtol=1e-6, atol=1e-7)
-    assert fused_net.w.name == "w"  # names untouched: checkpoints keep their keys
+@pytest.mark.parametrize("isa", ISAS)
+def test_grad_squared_norm_matches_numpy_and_propagates_inf_and_nan(isa):
+    rng = np.random.default_rng(9)
+    grads = [(rng.normal(size=s) * 10.0 ** -(i % 3)).astype(np.float32) for i, s in enumerate(SHAPES.values())]
+    grads[2] = grads[2].astype(np.float16)  # mixed dtypes in one launch
+    want = sum((g.astype(np.float64) ** 2).sum() for g in grads)
+    fused, ref = fused_cell(GradSquaredNorm, isa=isa), GradSquaredNorm(fused=False)
+    for cell in (fused, ref):
+        got = cell(tuple(Tensor(g) for g in grads))
+        assert got.shape == () and got.dtype == ms.float32
+        np.testing.assert_allclose(float(got.asnumpy()), want, rtol=1e-6)
+    for bad, expect in ((np.inf, np.isinf), (np.nan, np.isnan)):
+        spoiled = [g.copy() for g in grads]
+        spoiled[0].flat[35000] = bad  # in the second 32K piece of the first parameter
+        assert expect(float(fused(tuple(Tensor(g) for g in spoiled)).asnumpy()))
 
 
 def test_constructor_errors():

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from cpu_training_testing import ISAS, assert_close, forward_and_vjp, fused_cell
+from cpu_training_testing import ISAS, assert_close, forward_and_vjp, fused_cell, pynative
 from pangu_ms.kernels.cpu_training import FlashAttention
 from pangu_testing import vjp_cell
+
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 @pytest.fixture()
@@ -70,8 +72,10 @@ def _check(q, k, v, doc, dout, dtype, isa, *, with_reference=True, grad_scale=1.
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
+# The single token (S = 1) is tested in GRAPH_MODE (test_cpu_training_graph.py): in PyNative,
+# MindSpore 2.10 gets the Softmax backward wrong for every later shape once it has run one over
+# an axis of length 1, which would break the reference comparisons that follow.
 @pytest.mark.parametrize("shape,docs", [
-    ((1, 1, 1, 8), "one"),          # a single token
     ((2, 3, 37, 5), "packed"),      # odd S and D (vector and tile tails)
     ((1, 2, 130, 32), "packed"),    # three 64-row tiles, the last one partial
     ((2, 1, 67, 16), "singletons"),  # one-token documents: rows that see only themselves

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from cpu_training_testing import ISAS, assert_close, forward_and_vjp, fused_cell
+from cpu_training_testing import ISAS, assert_close, forward_and_vjp, fused_cell, pynative
 from pangu_ms.kernels.cpu_training import TiedHeadCrossEntropy
 
 PAD = 6
+
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 @pytest.fixture()

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
-from cpu_training_testing import ISAS, assert_close, f16_round, fused_cell
+from cpu_training_testing import ISAS, assert_close, f16_round, fused_cell, pynative
 from pangu_ms.kernels.cpu_training import AddLayerNorm, BiasActivation
 from pangu_testing import vjp_cell
 
 # a single token, odd widths (vector tails), and more rows than one 64-row block
 SHAPES = [(1, 7), (37, 53), (66, 1024)]
 DTYPES = [np.float32, np.float16]
+
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 @pytest.fixture()
