@@ -10,7 +10,7 @@ One optimizer step, whatever the path (CPU, data parallel, the Ascend pipeline, 
 and the step returns (loss, overflow, norm). With `fused_update` (the CPU fused kernels) the
 last line is one C++ launch over every parameter, taking the scaled gradients, the combined
 factor and the overflow flag (`pangu_ms.train.optimizer.FusedAdamWUpdate`): no separate
-unscale pass over the gradients and no branch in the graph.
+unscale pass over the gradients and no branch in the graph; the norm is one C++ launch too.
 
 The overflow flag comes from the norm of the reduced gradients, so it is the same on every
 data-parallel rank (an inf on one rank reaches all through the all-reduce) and needs no NPU
@@ -75,6 +75,11 @@ class GradientUpdate(nn.Cell):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
         self.fused_update = FusedAdamWUpdate(optimizer, opt) if fused_update else None
+        self.square_norm = None
+        if fused_update:  # the squared global norm in one C++ pass too
+            from pangu_ms.kernels.cpu_training import GradSquaredNorm
+
+            self.square_norm = GradSquaredNorm()
         self.weights = optimizer.parameters
         self.loss_scale = loss_scale
         self.scale_update = nn.DynamicLossScaleUpdateCell(opt.loss_scale, opt.loss_scale_factor,
@@ -101,7 +106,10 @@ class GradientUpdate(nn.Cell):
             grads = self.reducer(grads)
         # norm of the unscaled gradients from the scaled ones: one elementwise pass (the
         # multiply below) instead of separate unscale and clip passes over every gradient
-        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) * inv_scale  # [] fp32
+        if self.square_norm is not None:
+            norm = ops.sqrt(self.square_norm(grads)) * inv_scale  # [] fp32
+        else:
+            norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) * inv_scale  # [] fp32
         overflow = ops.logical_not(ops.isfinite(norm))
         overflow = self.scale_update(self.loss_scale, overflow)
         factor = inv_scale
