@@ -31,6 +31,10 @@ shape instead. Peer interpreters default to the venvs next to the checkout (../t
 
     python bench/train.py                              # the full comparison (about 15 min on 2 cores)
     python bench/train.py --steps 2 --rounds 1 --systems ours_fused,ours_reference   # smoke run
+    python bench/train.py --profile --systems ours_fused --rounds 1    # + where ours' step time goes
+
+`--profile` runs MindSpore's Profiler (it works on CPU) over 3 more steps of each of ours and
+prints the per-op-type time per step: {"metric": "op_time_ms_per_step", "system": ..., "ops": {...}}.
 """
 from __future__ import annotations
 
@@ -144,8 +148,32 @@ def worker(a: argparse.Namespace) -> None:
     for _ in range(a.steps):
         trainer.step([batch])
     dt = (time.perf_counter() - t0) / a.steps
-    print(json.dumps({"tokens_per_s": a.batch * a.seq / dt, "step_s": dt, "params": count_parameters(cfg),
-                      "kernels": spec.name}))
+    out = {"tokens_per_s": a.batch * a.seq / dt, "step_s": dt, "params": count_parameters(cfg), "kernels": spec.name}
+    if a.profile:
+        out["op_time_ms_per_step"] = profile_steps(lambda: trainer.step([batch]), 3)
+    print(json.dumps(out))
+
+
+def profile_steps(step, n: int) -> dict[str, float]:
+    """ms per step by op type over `n` profiled steps (MindSpore's Profiler, CPU op timings)."""
+    import csv
+    import glob
+    import tempfile
+
+    from mindspore import Profiler
+
+    with tempfile.TemporaryDirectory() as d:
+        prof = Profiler(output_path=d)
+        for _ in range(n):
+            step()
+        prof.analyse()
+        files = glob.glob(f"{d}/**/cpu_op_type_info_*.csv", recursive=True)
+        totals: dict[str, float] = {}
+        for path in files:
+            with open(path, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):  # total_compute_time: ms over the profiled steps
+                    totals[row["op_type"]] = totals.get(row["op_type"], 0.0) + float(row["total_compute_time"]) / n
+    return dict(sorted(((k, round(v, 2)) for k, v in totals.items()), key=lambda kv: -kv[1]))
 
 
 def _venv_python(flag_value: str | None, name: str) -> str | None:
@@ -169,7 +197,8 @@ def command(system: str, shape: dict, a: argparse.Namespace) -> list[str] | None
     """The command line measuring `system` on `shape`, or None when its interpreter is missing."""
     flags = [f"--{k}={v}" for k, v in shape.items()] + [f"--steps={a.steps}", f"--warmup={a.warmup}"]
     if system.startswith("ours_"):
-        return [sys.executable, "-P", str(Path(__file__).resolve()), "--worker", f"--kernels={system[5:]}", *flags]
+        return [sys.executable, "-P", str(Path(__file__).resolve()), "--worker", f"--kernels={system[5:]}", *flags,
+                *(["--profile"] if a.profile else [])]
     python = a.mf_python if system == "mindformers" else a.torch_python
     script = Path(a.shared_bench) / ("mindformers_pangu.py" if system == "mindformers" else "torch_pangu.py")
     if not (python and Path(python).is_file() and script.is_file()):
@@ -218,6 +247,7 @@ def main() -> None:
     p.add_argument("--mf-python", default=None, help="python of a venv with mindformers 1.3.2 (default ../mfref)")
     p.add_argument("--shared-bench", default=str(SHARED_BENCH), help="folder of the peer scripts (../shared/bench)")
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--profile", action="store_true", help="also profile 3 steps of ours: op time by type")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kernels", default="fused", help=argparse.SUPPRESS)
     p.add_argument("--peak", default=None, help=argparse.SUPPRESS)
@@ -251,6 +281,9 @@ def main() -> None:
                     continue
                 tps = float(res["tokens_per_s"])
                 results.setdefault((name, system), []).append(tps)
+                if "op_time_ms_per_step" in res:
+                    emit(metric="op_time_ms_per_step", system=system, shape=name, round=r,
+                         step_ms=round(1e3 * res["step_s"], 1), ops=res["op_time_ms_per_step"])
                 emit(metric="train_tokens_per_s", system=system, value=round(tps, 1), unit="tokens/s", shape=name,
                      round=r)
                 emit(metric="mfu", system=system, value=round(tps * flops_per_token(shape) / (peak * 1e9), 4),
