@@ -175,6 +175,30 @@ def parallelize(model: nn.Cell, plan: Plan, parallel: ParallelConfig) -> nn.Cell
     return model
 
 
+LAZY_INLINE_CELLS = "lm.backbone.blocks.*"
+"""The repeated blocks: compiled once as a shared sub-graph on Ascend (`mark_lazy_inline`)."""
+
+
+def mark_lazy_inline(model: nn.Cell, glob: str = LAZY_INLINE_CELLS) -> list[str]:
+    """Make the cells matching `glob` lazy-inline (one shared sub-graph): what decorating their
+    `__init__` with `mindspore.lazy_inline` does, applied after construction so the model files
+    stay free of compile hints. MindSpore's pipeline pass needs it ("should enable lazy_inline")
+    and it cuts compile time for the 63-block 200B model; the key is the cell type plus the model
+    config, equal for every block. Call it last: later attribute writes extend the key. Ascend
+    only (MindSpore documents lazy_inline for Ascend). Returns the marked paths."""
+    from mindspore import lazy_inline
+
+    def __init__(self, key):  # noqa: N807 (lazy_inline only wraps functions named __init__)
+        del self, key
+
+    cells = named_cells(model)
+    hits = _match(glob, sorted(cells), "cell")
+    for path in hits:
+        cell = cells[path]
+        lazy_inline(__init__)(cell, f"{type(cell).__name__}:{model.config}")
+    return hits
+
+
 def parallelize_job(model: nn.Cell, job, info=None) -> nn.Cell:
     """`parallelize()` with the job's plan on the mesh in use (`info.parallel`, else `job.parallel`).
 

@@ -4,8 +4,13 @@ Three cases, decided by how the process was launched:
 - a single process (no launcher variables): nothing to initialise, rank 0 of 1;
 - several processes on CPU (msrun sets `MS_WORKER_NUM`): `mindspore.communication.init()`
   and DATA_PARALLEL with mean gradients (the only mode MindSpore's CPU backend accepts);
-- several processes on Ascend (msrun, or a rank table with `RANK_SIZE`): the
-  semi-auto-parallel context (`set_ascend_context`), the one function the CPU path skips.
+- several processes on Ascend (msrun, or a rank table with `RANK_SIZE`): communication
+  only. The semi-auto-parallel settings no longer go into the process-wide context (MindSpore
+  2.10 marks `set_auto_parallel_context` for removal): `auto_parallel(cell, parallel)` wraps
+  the top-level train Cell in `mindspore.parallel.auto_parallel.AutoParallel` and records them
+  on the wrapper (pipeline stages and schedule, optimizer sharding, data-parallel dataset
+  sharding, strategy file, gradient fusion), which MindSpore applies when it compiles the
+  wrapper. `read_auto_parallel(wrapper)` reads them back (the tests do, on CPU).
 """
 from __future__ import annotations
 
@@ -101,9 +106,7 @@ def init_parallel(job: JobConfig) -> ParallelInfo:
     rank, world = get_rank(), get_group_size()
     layout = RankLayout(dp=parallel.dp, mp=parallel.mp, pp=parallel.pp)
     c = layout.coords(rank)
-    if job.run.device == "Ascend":
-        strategy = os.path.join(job.run.output_dir, "strategy", f"strategy_rank{rank}.ckpt")
-        set_ascend_context(parallel, world, strategy_file=strategy)
+    if job.run.device == "Ascend":  # the parallel settings ride on the AutoParallel wrapper (train/ascend.py)
         mode = "semi_auto_parallel"
     else:
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
@@ -115,23 +118,64 @@ def init_parallel(job: JobConfig) -> ParallelInfo:
     return info
 
 
-def set_ascend_context(parallel: ParallelConfig, world_size: int, *,
-                       strategy_file: str | None = None) -> None:
-    """Semi-auto parallel on Ascend: pipeline stages, optimizer sharding, strategy checkpoint.
+# pipeline_scheduler -> AutoParallel.pipeline(interleave=..., scheduler=...). MindSpore 2.10 accepts
+# gpipe only through its interleaved pass (`set_pipeline_config` refuses gpipe without interleave)
+SCHEDULERS: dict[str, tuple[bool, str]] = {"1f1b": (False, "1f1b"), "gpipe": (True, "gpipe"),
+                                           "interleaved_1f1b": (True, "1f1b")}
 
-    Not reachable on CPU (MindSpore refuses SEMI_AUTO_PARALLEL on the CPU backend), so it is
-    kept declarative: every switch comes from `ParallelConfig`.
+OPT_SHARD_THRESHOLD_KB = 64
+"""`AutoParallel.hsdp(threshold=...)`: slices below 64 KB keep their whole optimizer state."""
+
+
+def dataset_strategy(parallel: ParallelConfig, input_ranks: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Each input split dp-way over its batch (first) axis: a data-parallel rank reads only its
+    1/dp of the global batch, and the mp (and pp) ranks of one replica read the same rows."""
+    return tuple((parallel.dp,) + (1,) * (rank - 1) for rank in input_ranks)
+
+
+def auto_parallel(cell, parallel: ParallelConfig, *, input_ranks: tuple[int, ...] | None = None,
+                  strategy_file: str | None = None, full_batch: bool = False):
+    """`cell` wrapped in `AutoParallel(..., "semi_auto")` with every switch from `parallel`.
+
+    `input_ranks`: the rank of each input of `cell` (dataset sharding, see `dataset_strategy`);
+    `full_batch=True` feeds every rank the whole batch instead (the held-out evaluation).
+    Only compiling the wrapper (Ascend) applies the settings; constructing it works anywhere.
     """
-    import mindspore as ms
+    from mindspore.parallel.auto_parallel import AutoParallel
 
-    kwargs = dict(parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, device_num=world_size,
-                  gradients_mean=False, full_batch=True, loss_repeated_mean=True,
-                  enable_parallel_optimizer=parallel.optimizer_shard,
-                  pipeline_stages=parallel.pp)
+    net = AutoParallel(cell, parallel_mode="semi_auto")
+    if full_batch or input_ranks is None:
+        net.dataset_strategy("full_batch")
+    else:
+        net.dataset_strategy(dataset_strategy(parallel, input_ranks))
+    if parallel.pp > 1:
+        interleave, scheduler = SCHEDULERS[parallel.pipeline_scheduler]
+        net.pipeline(stages=parallel.pp, interleave=interleave, scheduler=scheduler)
     if parallel.optimizer_shard:
-        kwargs["parallel_optimizer_config"] = {"gradient_accumulation_shard": False}
+        net.hsdp(threshold=OPT_SHARD_THRESHOLD_KB, optimizer_level="level1")
     if strategy_file:
-        kwargs["strategy_ckpt_config"] = {"save_file": strategy_file, "only_trainable_params": False}
+        net.save_param_strategy_file(strategy_file)
+        net.disable_strategy_file_only_for_trainable_params()  # optimizer state and loss scale too
     if parallel.grad_agg_group_mb > 0:
-        kwargs["comm_fusion"] = {"allreduce": {"mode": "size", "config": parallel.grad_agg_group_mb}}
-    ms.set_auto_parallel_context(**kwargs)
+        net.comm_fusion({"allreduce": {"mode": "size", "config": parallel.grad_agg_group_mb}})
+    return net
+
+
+def read_auto_parallel(net) -> dict:
+    """What an `AutoParallel` wrapper will apply at compile time, as plain data.
+
+    MindSpore keeps these on the wrapper (the attributes its compile step reads); there is no
+    public getter for most of them.
+    """
+    def get(name: str):
+        return getattr(net, name)
+
+    return {"parallel_mode": get("_parallel_mode"), "dataset_strategy": get("_dataset_strategy_config"),
+            "full_batch": get("_full_batch"), "pipeline_stages": net.get_pipeline_stages(),
+            "pipeline_interleave": get("_pipeline_interleave"), "pipeline_scheduler": get("_pipeline_scheduler"),
+            "optimizer_shard": get("_enable_parallel_optimizer"),
+            "optimizer_level": getattr(net, "_optimizer_level", None),
+            "optimizer_threshold_kb": get("_parallel_optimizer_threshold"),
+            "strategy_file": get("_save_strategy_file_path"), "only_trainable_params": get("_only_trainable_params"),
+            "comm_fusion": get("_comm_fusion_config"), "gradients_mean": get("_gradients_mean"),
+            "loss_repeated_mean": get("_loss_repeated_mean"), "init_param_in_compile": get("_init_param_in_compile")}

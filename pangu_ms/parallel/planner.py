@@ -1,14 +1,14 @@
 """The planner behind `python -m pangu_ms plan`: a full parallel plan without compiling.
 
 Builds the model under `mindspore.nn.utils.no_init_parameters()` (no weight memory, so a
-paper-size model builds on any machine), applies the plan with `parallelize()` and
-reads everything back: strategies, stages, per-parameter full and per-device shapes and
-per-device memory. Memory model (per device, bytes): fp32 master weights (4/param), fp32
-gradients (4/param), Adam moments m and v (8/param). With optimizer sharding (MindSpore's
-parallel optimizer, level 1) the fp32 weights and Adam state of each parameter slice are
-split over the data-parallel group when the slice's first dimension divides by dp and the
-slice is at least 64 KB (the framework's default threshold); gradients stay whole.
-Activations are not counted (they depend on micro-batch size and recompute).
+paper-size model builds on any machine), applies the plan with `parallelize()` and reads
+back strategies, stages and every parameter's full and per-device shape. Then it prices the
+layout on a device (`hardware.py`): per-stage memory (`memory.py`: weights, gradients, Adam
+state, weight copies, activations of the schedule's in-flight micro-batches, HCCL buffers,
+framework reserve) against the device's budget, and the step time (`steptime.py`: FLOPs,
+bubble, collectives) with tokens/s per device, MFU and what binds. The analytic weight table
+(`params.py`) that prices the search is checked against the built model's here: a mismatch
+is a planner bug and stops the command.
 """
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from dataclasses import replace
 from typing import Any
 
 from pangu_ms.config import JobConfig, ParallelConfig
-from pangu_ms.errors import ConfigError
+from pangu_ms.errors import ConfigError, PanguError
+from pangu_ms.parallel.hardware import constant_table, device_spec
 from pangu_ms.parallel.layout import RankLayout
+from pangu_ms.parallel.memory import Step, memory_report, why_not_fit
+from pangu_ms.parallel.params import opt_shard_degree, parameter_rows
 from pangu_ms.parallel.plans import stage_of_layer
+from pangu_ms.parallel.steptime import step_time
 from pangu_ms.parallel.validate import validate
-
-OPT_SHARD_THRESHOLD_BYTES = 64 * 1024
 
 
 def mesh_for_devices(parallel: ParallelConfig, devices: int | None) -> ParallelConfig:
@@ -46,45 +48,43 @@ def _param_stage(name: str, stages: dict[str, int]) -> int:
     return 0
 
 
-def _opt_sharded(local: tuple[int, ...], dp: int) -> bool:
-    return dp > 1 and len(local) > 0 and local[0] % dp == 0 and math.prod(local) * 4 >= OPT_SHARD_THRESHOLD_BYTES
-
-
 def parameter_table(model, chosen: dict, stages: dict[str, int], shared: dict[str, list[int]],
                     parallel: ParallelConfig) -> list[dict[str, Any]]:
-    """One row per parameter: full shape, split, per-device shape, stages holding it."""
+    """One row per parameter of a built model: full shape, split, per-device shape, stages."""
     from pangu_ms.parallel.apply import parameter_layouts
 
     layouts = parameter_layouts(model, chosen)
     rows = []
     for p in model.get_parameters():
-        split = layouts[p.name]
+        split = tuple(layouts[p.name])
         local = tuple(n // k for n, k in zip(p.shape, split))
         held = sorted({_param_stage(p.name, stages), *shared.get(p.name, [])})
+        shard = opt_shard_degree(local, split, parallel)
         rows.append({"name": p.name, "shape": list(p.shape), "split": list(split), "local_shape": list(local),
-                     "stages": held, "opt_sharded": _opt_sharded(local, parallel.dp)})
+                     "stages": held, "opt_sharded": shard > 1, "opt_shard": shard})
     return rows
 
 
-def memory_per_stage(rows: list[dict[str, Any]], parallel: ParallelConfig) -> list[dict[str, int]]:
-    """Per-device bytes on each stage: weights, gradients, optimizer, with and without sharding."""
-    out = []
-    for stage in range(parallel.pp):
-        w = g = o = w_sh = o_sh = 0
-        for r in rows:
-            if stage not in r["stages"]:
-                continue
-            n = math.prod(r["local_shape"])
-            div = parallel.dp if r["opt_sharded"] else 1
-            w, g, o = w + 4 * n, g + 4 * n, o + 8 * n
-            w_sh, o_sh = w_sh + 4 * n // div, o_sh + 8 * n // div
-        out.append({"stage": stage, "weights": w, "gradients": g, "optimizer": o,
-                    "weights_sharded": w_sh, "optimizer_sharded": o_sh})
-    return out
+def check_analytic_rows(built: list[dict[str, Any]], job: JobConfig, parallel: ParallelConfig) -> None:
+    """The search prices layouts from `params.parameter_rows`; it must equal the built model."""
+    analytic = {r.name: r.as_dict() for r in parameter_rows(job.model, parallel)}
+    got = {r["name"]: r for r in built}
+    if analytic.keys() != got.keys():
+        raise PanguError(f"planner weight table disagrees with the model: only in the model "
+                         f"{sorted(got.keys() - analytic.keys())[:3]}, only in params.py "
+                         f"{sorted(analytic.keys() - got.keys())[:3]}")
+    for name, row in got.items():
+        if row != analytic[name]:
+            raise PanguError(f"planner weight table disagrees with the model on {name}: built {row}, "
+                             f"params.py {analytic[name]}")
+
+
+def job_step(job: JobConfig, parallel: ParallelConfig) -> Step:
+    return Step(job.model, parallel, job.recompute.mode, job.train.global_batch_size, job.train.grad_accum_steps)
 
 
 def build_report(job: JobConfig, *, devices: int | None = None, rank: int | None = None,
-                 config_path: str | None = None) -> dict[str, Any]:
+                 config_path: str | None = None, device: str = "910A") -> dict[str, Any]:
     """Everything `plan` prints, as a JSON-able dict (see the module docstring)."""
     import mindspore as ms
     from mindspore import nn
@@ -94,6 +94,7 @@ def build_report(job: JobConfig, *, devices: int | None = None, rank: int | None
     from pangu_ms.parallel.plans import plan_for
     from pangu_ms.parallel.readback import read_back, read_stages, read_strategies
 
+    spec = device_spec(device)
     parallel = mesh_for_devices(job.parallel, devices)
     n_dev = parallel.devices
     validate(job.model, parallel, devices=n_dev, global_batch=job.train.global_batch_size,
@@ -110,34 +111,45 @@ def build_report(job: JobConfig, *, devices: int | None = None, rank: int | None
     chosen = {k: (None if v is None else tuple(tuple(x) for x in v)) for k, v in read_strategies(model).items()}
     rows = parameter_table(model, chosen, read_stages(model), back["shared_parameters"], parallel)
     n_params = count_parameters(job.model)
-    assert n_params == sum(math.prod(r["shape"]) for r in rows), "count_parameters disagrees with the model"
-    mem = memory_per_stage(rows, parallel)
-    return _assemble(job, parallel, layout, back, rows, mem, n_params, rank, config_path)
+    if n_params != sum(math.prod(r["shape"]) for r in rows):
+        raise PanguError("count_parameters disagrees with the built model")
+    check_analytic_rows(rows, job, parallel)
+    step = job_step(job, parallel)
+    memory = memory_report(step, spec)
+    report = _assemble(job, parallel, back, rows, n_params, config_path)
+    pick = layout.coords(rank).stage if rank is not None else memory["heaviest_stage"]
+    timing = step_time(step, spec)
+    binds = timing.get("binds", "memory")
+    if not memory["fits"]:
+        binds = "memory: " + why_not_fit(memory["per_stage"][memory["heaviest_stage"]])
+    report.update({"device": spec.name, "device_constants": constant_table(spec), "memory": memory,
+                   "per_device_bytes": memory["per_stage"][pick], "time": timing, "binds": binds})
+    if rank is not None:
+        c = layout.coords(rank)
+        report.update({"rank": rank, "coords": {"stage": c.stage, "dp": c.dp, "mp": c.mp},
+                       "groups": layout.groups(rank)})
+    return report
 
 
-def _assemble(job, parallel, layout, back, rows, mem, n_params, rank, config_path) -> dict[str, Any]:
-    heaviest = max(mem, key=lambda m: m["weights"] + m["gradients"] + m["optimizer"])
-    pick = mem[layout.coords(rank).stage] if rank is not None else heaviest
-    sharded = parallel.optimizer_shard
-    per_device = {"stage": pick["stage"],
-                  "weights": pick["weights_sharded"] if sharded else pick["weights"],
-                  "gradients": pick["gradients"],
-                  "optimizer": pick["optimizer_sharded"] if sharded else pick["optimizer"]}
-    per_device["total"] = per_device["weights"] + per_device["gradients"] + per_device["optimizer"]
+def _assemble(job, parallel, back, rows, n_params, config_path) -> dict[str, Any]:
     m = job.model
-    report: dict[str, Any] = {
+    return {
         "config": config_path,
         "model": {"num_layers": m.num_layers, "hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size,
-                  "num_heads": m.num_heads, "vocab_size": m.vocab_size, "seq_length": m.seq_length},
+                  "num_heads": m.num_heads, "vocab_size": m.vocab_size, "seq_length": m.seq_length,
+                  "compute_dtype": m.compute_dtype},
         "params": n_params,
         "devices": parallel.devices,
         "mesh": {"dp": parallel.dp, "mp": parallel.mp, "pp": parallel.pp},
         "micro_batches": parallel.micro_batches,
-        "optimizer_shard": sharded,
+        "pipeline_scheduler": parallel.pipeline_scheduler,
+        "pipeline_chunks": parallel.pipeline_chunks,
+        "optimizer_shard": parallel.optimizer_shard,
         "vocab_emb_dp": parallel.vocab_emb_dp,
         "recompute": job.recompute.mode,
         "global_batch_size": job.train.global_batch_size,
-        "stage_of_layer": stage_of_layer(m.num_layers, parallel.pp),
+        "grad_accum_steps": job.train.grad_accum_steps,
+        "stage_of_layer": stage_of_layer(m.num_layers, parallel.pp, parallel.pipeline_chunks),
         "loss_cell": back["loss_cell"],
         "strategies": back["strategies"],
         "stages": back["stages"],
@@ -145,12 +157,4 @@ def _assemble(job, parallel, layout, back, rows, mem, n_params, rank, config_pat
         "recompute_cells": back["recompute"],
         "comm_fusion": back["comm_fusion"],
         "parameters": rows,
-        "per_device_bytes": per_device,
-        "per_stage_bytes": mem,
     }
-    if rank is not None:
-        c = layout.coords(rank)
-        report["rank"] = rank
-        report["coords"] = {"stage": c.stage, "dp": c.dp, "mp": c.mp}
-        report["groups"] = layout.groups(rank)
-    return report

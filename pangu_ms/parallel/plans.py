@@ -67,9 +67,15 @@ def resolve(strategy: LogicalStrategy, parallel: ParallelConfig) -> tuple[tuple[
     return tuple(tuple(1 if a is None else getattr(parallel, RULES[a]) for a in inp) for inp in strategy)
 
 
-def stage_of_layer(num_layers: int, pp: int) -> list[int]:
-    """Pipeline stage of each layer (blocks, then the query layer last), spread evenly."""
-    return [i * pp // num_layers for i in range(num_layers)]
+def stage_of_layer(num_layers: int, pp: int, chunks: int = 1) -> list[int]:
+    """Pipeline stage of each layer (blocks, then the query layer last), spread evenly.
+
+    With `chunks` > 1 (interleaved_1f1b) the layers form pp*chunks consecutive groups dealt out
+    round-robin: group g runs on stage g % pp, so each device holds `chunks` separate groups
+    (MindSpore's interleaved pass infers the chunk of a layer from that wrap-around).
+    """
+    groups = pp * chunks
+    return [(i * groups // num_layers) % pp for i in range(num_layers)]
 
 
 # ------------------------------------------------------------------- building blocks
@@ -174,7 +180,7 @@ def _stages(model: ModelConfig, parallel: ParallelConfig) -> dict[str, int]:
         return {}
     last = parallel.pp - 1
     stages = {"lm.backbone": 0, "lm.backbone.word_embedding": 0, "lm.backbone.position_embedding": 0}
-    for i, st in enumerate(stage_of_layer(model.num_layers, parallel.pp)[:-1]):
+    for i, st in enumerate(stage_of_layer(model.num_layers, parallel.pp, parallel.pipeline_chunks)[:-1]):
         stages[f"lm.backbone.blocks.{i}"] = st
     stages.update({"lm.backbone.final_ln": last, "lm.backbone.top_query_embedding": last,
                    "lm.backbone.query_layer": last, "lm": last, "loss": last})

@@ -103,3 +103,13 @@ def read_back(model: nn.Cell) -> dict[str, Any]:
         "recompute": sorted(collapse_blocks({c: True for c in read_recompute(model)}), key=_natural),
         "comm_fusion": collapse_blocks(read_comm_fusion(model)),
     }
+
+
+def read_lazy_inline(model: nn.Cell) -> dict[str, str]:
+    """Cell path -> its lazy-inline key, for cells `mark_lazy_inline` (or `@lazy_inline`) marked."""
+    out = {}
+    for path, cell in named_cells(model).items():
+        key = getattr(cell, "_cell_init_args", None)
+        if isinstance(key, str) and key.startswith("lazy_inline_"):
+            out[path] = key
+    return out

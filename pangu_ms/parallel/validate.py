@@ -45,6 +45,13 @@ def _model_problems(m: ModelConfig, p: ParallelConfig) -> list[str]:
     if m.num_layers < p.pp:
         out.append(f"model.num_layers={m.num_layers} < parallel.pp={p.pp}: every pipeline stage needs at least "
                    f"one layer; use parallel.pp <= {m.num_layers}")
+    elif p.pp > 1 and m.num_layers < p.pp * p.pipeline_chunks:
+        out.append(f"model.num_layers={m.num_layers} < parallel.pp*pipeline_chunks = {p.pp}*{p.pipeline_chunks}: "
+                   f"every model chunk needs at least one layer; use parallel.pipeline_chunks <= "
+                   f"{max(1, m.num_layers // p.pp)}")
+    if p.pp == 1 and p.pipeline_scheduler != "1f1b":
+        out.append(f"parallel.pipeline_scheduler={p.pipeline_scheduler!r} needs pipeline stages (parallel.pp=1): "
+                   "set parallel.pp > 1 or pipeline_scheduler=1f1b")
     return out
 
 

@@ -165,13 +165,13 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
     from pangu_ms.parallel import parallelize_job
     from pangu_ms.train.step import Trainer
 
+    if info.mode == "semi_auto_parallel":  # built without weights; each data-parallel rank reads 1/dp
+        from pangu_ms.train.ascend import build_ascend_trainer, data_sharding
+
+        net, trainer = build_ascend_trainer(job, info)
+        return net, trainer, data_sharding(job, info)
     net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
     optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
-    if info.mode == "semi_auto_parallel":  # global-batch semantics: every rank feeds the whole batch
-        from pangu_ms.train.ascend import ascend_train_cell
-
-        trainer = Trainer(net, optimizer, job.optimizer, cell=ascend_train_cell(net, optimizer, job, info.parallel))
-        return net, trainer, dict(batch_size=job.train.global_batch_size, num_shards=1, shard_id=0)
     trainer = Trainer(net, optimizer, job.optimizer, accum_steps=job.train.grad_accum_steps)
     return net, trainer, dict(batch_size=micro_batch_size(job, info.dp_size), num_shards=info.dp_size,
                               shard_id=info.dp_rank)

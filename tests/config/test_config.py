@@ -129,6 +129,7 @@ def test_every_choice_field_is_a_literal_checked_by_the_loader():
         "ModelConfig.compute_dtype": ("float32", "float16"),
         "TokenizerConfig.model_type": ("unigram", "bpe"), "TokenizerConfig.normalization": ("nmt_nfkc", "identity"),
         "RecomputeConfig.mode": ("none", "full", "selective"), "ScheduleConfig.kind": ("cosine", "constant"),
+        "ParallelConfig.pipeline_scheduler": ("1f1b", "gpipe", "interleaved_1f1b"),
         "CheckpointConfig.format": ("ckpt", "safetensors"), "RunConfig.device": ("CPU", "Ascend"),
         "RunConfig.mode": ("graph", "pynative"), "FinetuneConfig.method": ("full", "lora"),
     }

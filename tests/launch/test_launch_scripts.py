@@ -1,8 +1,10 @@
-"""The shell launchers: shellcheck, exact dry-run output, failure handling, Ctrl-C, CPU msrun."""
+"""The shell launchers: shellcheck, the shared prelude, exact dry-run output (msrun's dry-run,
+core-binding and rank-table flags, HCCL timeouts), failure handling, Ctrl-C, CPU msrun."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -16,11 +18,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "launch" / "run_distributed.sh"
 MSRUN = ROOT / "launch" / "run_msrun.sh"
+COMMON = ROOT / "launch" / "common.sh"
 PY = sys.executable
+HCCL = "HCCL_CONNECT_TIMEOUT=1200 HCCL_EXEC_TIMEOUT=7200"
 
 
-def sh(*argv: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, GLOG_v="3")
+def sh(*argv: str | Path, timeout: float = 120, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HCCL_")}
+    env.update(GLOG_v="3", **(env_extra or {}))
     return subprocess.run(["bash", *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=ROOT)
 
@@ -41,7 +46,7 @@ def test_run_distributed_dry_run_prints_exact_commands(two_server_table, make_co
              "--run-dir", run_dir, "--set", "train.steps=5", "--dry-run")
     assert res.returncode == 0, res.stderr
     cmd = f"{PY} -m pangu_ms pretrain --config {cfg} --set train.steps=5 --set run.device=Ascend"
-    expected = [f"RANK_TABLE_FILE={two_server_table} RANK_ID={8 + i} DEVICE_ID={i} RANK_SIZE=16 {cmd} "
+    expected = [f"RANK_TABLE_FILE={two_server_table} RANK_ID={8 + i} DEVICE_ID={i} RANK_SIZE=16 {HCCL} {cmd} "
                 f"> {run_dir}/rank_{8 + i}.log 2>&1" for i in range(8)]
     assert res.stdout.splitlines() == expected
     assert "server 1 (10.0.0.2): 8 of 16 ranks" in res.stderr
@@ -76,7 +81,7 @@ def test_run_msrun_dry_run_single_and_multi_node(make_config, tmp_path):
     res = sh(MSRUN, "--config", cfg, "--python", PY, "--log-dir", tmp_path / "logs", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [
-        f"GLOG_v=3 PATH={bindir}:$PATH {bindir}/msrun --worker_num=16 --local_worker_num=16 "
+        f"GLOG_v=3 PATH={bindir}:$PATH {HCCL} {bindir}/msrun --worker_num=16 --local_worker_num=16 "
         f"--master_addr=127.0.0.1 --master_port=8118 --node_rank=0 --log_dir={tmp_path}/logs --join=True "
         f"--cluster_time_out=600 python -m pangu_ms pretrain --config {cfg} --set run.device=Ascend"]
     res = sh(MSRUN, "--config", cfg, "--python", PY, "--worker-num", "16", "--local-worker-num", "8",
@@ -100,6 +105,70 @@ def test_cpu_backend_on_run_distributed_delegates_to_msrun(make_config, tmp_path
     assert res.returncode == 0, res.stderr
     assert "--worker_num=2 --local_worker_num=2" in res.stdout
     assert res.stdout.rstrip().endswith(f"pretrain --config {cfg} --set run.device=CPU")
+    assert "HCCL_" not in res.stdout  # CPU workers talk over MindSpore's own CPU collectives
+
+
+def test_both_launchers_share_one_prelude():
+    """The argument loop, usage and error helpers live in launch/common.sh only."""
+    for script in (DIST, MSRUN):
+        text = script.read_text()
+        assert '. "$HERE/common.sh"' in text
+        for helper in ("usage()", "die()", "parse_args()"):
+            assert helper not in text, f"{script.name} repeats {helper} (it belongs in common.sh)"
+        shared = re.findall(r"^\s*(--config|--set|--python|--dry-run|--backend)\)", text, re.M)
+        assert not shared, f"{script.name} parses {shared} itself (common.sh does)"
+    common = COMMON.read_text()
+    assert all(h in common for h in ("usage()", "die()", "parse_args()", "--hccl-connect-timeout"))
+
+
+def test_run_msrun_dry_run_flags(make_config, tmp_path):
+    cfg = make_config(dp=16)
+    table = tmp_path / "t.json"
+    table.write_text("{}")
+    res = sh(MSRUN, "--config", cfg, "--python", PY, "--log-dir", tmp_path / "logs", "--sim-level", "1",
+             "--sim-rank-id", "12", "--bind-core", "true", "--rank-table", table, "--hccl-connect-timeout", "300",
+             "--hccl-exec-timeout", "1836", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    line = res.stdout.strip()
+    assert " HCCL_CONNECT_TIMEOUT=300 HCCL_EXEC_TIMEOUT=1836 " in line
+    assert ("--worker_num=16 --local_worker_num=1 " in line  # msrun runs the one simulated rank
+            and f"--cluster_time_out=600 --bind_core=true --sim_level=1 --sim_rank_id=12 --rank_table_file={table} "
+                "python -m pangu_ms pretrain" in line)
+
+
+def test_hccl_timeouts_come_from_the_environment(make_config, tmp_path):
+    res = sh(MSRUN, "--config", make_config(dp=16), "--python", PY, "--log-dir", tmp_path / "l", "--dry-run",
+             env_extra={"HCCL_CONNECT_TIMEOUT": "240", "HCCL_EXEC_TIMEOUT": "680"})
+    assert res.returncode == 0 and " HCCL_CONNECT_TIMEOUT=240 HCCL_EXEC_TIMEOUT=680 " in res.stdout
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--sim-rank-id", "3"], "--sim-rank-id needs --sim-level"),
+    (["--sim-level", "5"], "--sim-level '5': use 0, 1, 2 or 3"),
+    (["--sim-level", "1", "--backend", "cpu"], "--sim-level is MindSpore's Ascend dry run"),
+    (["--bind-core", "maybe"], "--bind-core 'maybe': use true, false or a JSON map"),
+    (["--rank-table", "/nonexistent/t.json"], "--rank-table /nonexistent/t.json: rank table not found"),
+    (["--hccl-connect-timeout", "60"], "--hccl-connect-timeout (HCCL_CONNECT_TIMEOUT) '60': use whole seconds in 120..7200"),
+    (["--hccl-exec-timeout", "x"], "--hccl-exec-timeout (HCCL_EXEC_TIMEOUT) 'x': use whole seconds in 68..17340"),
+])
+def test_run_msrun_flag_errors_are_one_line(make_config, args, msg):
+    res = sh(MSRUN, "--config", make_config(dp=16), "--python", PY, "--dry-run", *args)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and msg in res.stderr, res.stderr
+
+
+def test_run_distributed_binds_cores_and_checks_timeouts(two_server_table, make_config, tmp_path):
+    res = sh(DIST, "--rank-table", two_server_table, "--config", make_config(dp=16), "--server-index", "0",
+             "--python", PY, "--run-dir", tmp_path / "rd", "--bind-core", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    cores = os.cpu_count() or 1
+    per = max(cores // 8, 1)
+    for i, line in enumerate(res.stdout.splitlines()):
+        start = i * per % cores
+        assert f"{HCCL} taskset -c {start}-{start + per - 1} {PY} -m pangu_ms pretrain" in line
+    res = sh(DIST, "--rank-table", two_server_table, "--config", make_config(dp=16), "--server-index", "0",
+             "--python", PY, "--hccl-exec-timeout", "99999", "--dry-run")
+    assert res.returncode == 2 and "use whole seconds in 68..17340" in res.stderr
 
 
 # --------------------------------------------------------------------------- supervision
@@ -110,7 +179,7 @@ def fake_python(tmp_path: Path, fail_rank: str) -> Path:
     exe = tmp_path / "fakepy"
     exe.write_text(f"""#!/usr/bin/env bash
 if [ "$2" = pangu_ms ] && [ "$3" = preflight ]; then exec {shlex.quote(PY)} "$@"; fi
-echo "rank $RANK_ID device $DEVICE_ID of $RANK_SIZE table $RANK_TABLE_FILE args $*"
+echo "rank $RANK_ID device $DEVICE_ID of $RANK_SIZE table $RANK_TABLE_FILE hccl $HCCL_CONNECT_TIMEOUT/$HCCL_EXEC_TIMEOUT args $*"
 if [ "$RANK_ID" = "{fail_rank}" ]; then sleep 1; echo "boom" >&2; exit 3; fi
 exec sleep 60
 """)
@@ -145,6 +214,7 @@ def test_failed_rank_stops_the_others_and_is_named(tmp_path, make_config):
     assert f"rank 1 (device 1) failed with exit code 3; its log: {run_dir}/rank_1.log" in res.stderr
     assert "rank 1 | boom" in res.stderr
     assert "rank 0 device 0 of 2 table" in (run_dir / "rank_0.log").read_text()
+    assert "hccl 1200/7200 args" in (run_dir / "rank_0.log").read_text()  # each rank gets the HCCL timeouts
     assert (run_dir / "commands.sh").is_file()
     assert gone(int((run_dir / "rank_0.pid").read_text()))
 

@@ -1,0 +1,214 @@
+"""The planner's formulas on hand-computed cases, its weight table against built models, the
+paper's 200B layout against the 910A budget, and the search's invariants."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pangu_testing import tiny_model_config
+from pangu_ms.config import ModelConfig, ParallelConfig, load_config
+from pangu_ms.errors import ConfigError
+from pangu_ms.parallel import activations as act
+from pangu_ms.parallel.hardware import DEVICES, GB, SOURCES, constant_table, device_spec
+from pangu_ms.parallel.memory import Step, memory_report
+from pangu_ms.parallel.plans import stage_of_layer
+from pangu_ms.parallel.steptime import (allreduce_time, group_levels, layer_flops_per_token, mesh_allreduce,
+                                        model_flops_per_step, ring_allreduce, step_time)
+from pangu_ms.parallel.validate import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYOUTS = ["pangu_alpha_2.6b_512p", "pangu_alpha_13b_1024p", "pangu_alpha_200b_2048p", "pangu_alpha_2.6b_8p_910b",
+           "pangu_alpha_13b_16p"]
+
+
+def small(**kw) -> ModelConfig:
+    """s=4, h=2, f=8, a=1 (T H = 8 b, T F = 32 b, a s^2 b = 16 b)."""
+    base = dict(vocab_size=16, seq_length=4, num_layers=2, hidden_size=2, ffn_hidden_size=8, num_heads=1,
+                dropout=0.1, compute_dtype="float16")
+    return ModelConfig(**{**base, **kw})
+
+
+# ------------------------------------------------------------------ activations
+
+
+def test_per_layer_terms_against_korthikanti():
+    """fp16 + dropout: 22 TH + 8 TH/t + 14 TF/t + 7 A/t (Korthikanti's 34 TH + 5 A at t = 1 with
+    F = 4H; ours keeps fp32 LayerNorm and GELU intermediates). The query layer: 2 TH more."""
+    assert act.coefficients(small()) == {"TH": 22, "TH/t": 8, "TF/t": 14, "A/t": 7}
+    assert act.coefficients(small(), query_layer=True)["TH"] == 24
+    # fp32 without dropout (the CPU model): no casts, no masks, the hand-written core keeps its output
+    assert act.coefficients(small(dropout=0.0, compute_dtype="float32")) == {"TH": 24, "TH/t": 20, "TF/t": 16,
+                                                                           "A/t": 4}
+
+
+def test_layer_bytes_hand_worked():
+    m = small()
+    # b=1, t=1: 22*8 + 8*8 + 14*32 + 7*16 = 176 + 64 + 448 + 112
+    assert act.layer_bytes(m, 1, 1, "none") == 800
+    assert act.layer_bytes(m, 1, 1, "selective") == 800 - 112  # the attention core's A terms go
+    assert act.layer_bytes(m, 1, 1, "full") == 4 * 8  # only the fp32 layer input
+    # b=2, t=2: 22*16 + 8*8 + 14*32 + 7*16
+    assert act.layer_bytes(m, 2, 2, "none") == 352 + 64 + 448 + 112
+    assert act.working_set(m, 1, 1, "full") == 800 + 2 * 8  # one layer rebuilt: the query layer's
+    assert act.working_set(m, 1, 1, "none") == 0
+
+
+def test_in_flight_micro_batches_per_schedule():
+    assert [act.in_flight("1f1b", 4, i, 8) for i in range(4)] == [4, 3, 2, 1]  # stage i holds pp - i
+    assert [act.in_flight("1f1b", 4, i, 2) for i in range(4)] == [2, 2, 2, 1]  # at most m
+    assert [act.in_flight("gpipe", 4, i, 8) for i in range(4)] == [8, 8, 8, 8]
+    # interleaved, v=2: stage 0 holds 2*3 + 1*4 + 1 = 11 chunk-micro-batches of half its layers
+    assert act.in_flight("interleaved_1f1b", 4, 0, 8, 2) == 5.5
+    assert act.in_flight("1f1b", 1, 0, 8) == 1
+    assert act.bubble_fraction("1f1b", 4, 8) == pytest.approx(3 / 8)
+    assert act.bubble_fraction("interleaved_1f1b", 4, 8, 2) == pytest.approx(3 / 16)
+    assert act.bubble_fraction("gpipe", 1, 8) == 0
+
+
+def test_interleaved_stage_assignment():
+    assert stage_of_layer(8, 2, 2) == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert stage_of_layer(8, 4) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+# ------------------------------------------------------------------ collectives and FLOPs
+
+
+def test_collective_cost_formulas():
+    assert ring_allreduce(1000, 4, 100, 0) == pytest.approx(15.0)  # 2 * 3/4 * 1000/100
+    assert mesh_allreduce(1000, 4, 100, 0) == pytest.approx(5.0)  # 2 * 1000 / (4 * 100)
+    assert ring_allreduce(1000, 4, 100, 1) == pytest.approx(21.0)  # + 2(n-1) alpha
+    assert ring_allreduce(1000, 1, 100, 1) == mesh_allreduce(1000, 1, 100, 1) == 0
+
+
+def test_group_placement_and_hierarchical_time():
+    a, b = device_spec("910A"), device_spec("910B")
+    assert group_levels(a, 8, 1) == (4, 2, 1)  # two HCCS groups of four in one server
+    assert group_levels(b, 8, 1) == (8, 1, 1)  # one full mesh of eight
+    assert group_levels(b, 4, 4) == (2, 1, 2)  # dp over mp=4: pairs per server
+    assert group_levels(a, 16, 8) == (1, 1, 16)  # one rank per server: RoCE only
+    m, alpha = 1e9, 10e-6
+    # 910B, 8 ranks in one server: mesh at 56 GB/s x 0.8
+    assert allreduce_time(b, m, 8, 1) == pytest.approx(2 * m / (8 * 44.8e9) + 2 * alpha)
+    # 910A, 8 ranks: mesh of 4 at 24 GB/s, then the two groups over 12.8 GB/s on a quarter of the message
+    assert allreduce_time(a, m, 8, 1) == pytest.approx(2 * m / (4 * 24e9) + 2 * alpha + (m / 4) / 12.8e9 + 2 * alpha)
+    # 910A, 16 ranks one per server: ring over RoCE at 12.5 GB/s x 0.8
+    assert allreduce_time(a, m, 16, 8) == pytest.approx(2 * 15 / 16 * m / 10e9 + 30 * alpha)
+    assert allreduce_time(a, m, 16, 8, fraction=0.5) == pytest.approx((2 * 15 / 16 * m / 10e9 + 30 * alpha) / 2)
+
+
+def test_flops_hand_worked():
+    m = ModelConfig(vocab_size=10, seq_length=8, num_layers=2, hidden_size=4, ffn_hidden_size=16, num_heads=1,
+                    dropout=0.0)
+    step = Step(m, ParallelConfig(), "none", 2)
+    # N_mm = 2 (4*16 + 2*4*16) + 10*4 = 424; per token 6*424 + 12*2*8*4 = 3312; 16 tokens
+    assert model_flops_per_step(step) == 16 * 3312
+    layer = 6 * (4 * 16 + 2 * 4 * 16) + 12 * 8 * 4
+    assert layer_flops_per_token(step, hardware=True) == layer
+    assert layer_flops_per_token(replace(step, recompute="full"), hardware=True) == pytest.approx(layer * 4 / 3)
+    assert layer_flops_per_token(replace(step, recompute="selective"), hardware=True) == 6 * 192 + 12 * 32 * 4 / 3
+
+
+# ------------------------------------------------------------------ memory
+
+
+def test_states_of_an_unsharded_single_device():
+    from pangu_ms.models.pangu_alpha import count_parameters
+
+    m = tiny_model_config()
+    st = memory_report(Step(m, ParallelConfig(), "none", 4), device_spec("910B"))["per_stage"][0]
+    n = count_parameters(m)
+    assert (st["weights"], st["gradients"], st["optimizer"]) == (4 * n, 4 * n, 8 * n)
+    assert st["weight_copies"] == 0  # fp32 compute: the matmuls read the master weights
+    assert st["hccl_buffers"] == 1 * 2 * 200 * 2**20  # the world communicator only
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_analytic_weight_table_equals_the_built_model(name):
+    """The search prices layouts from params.py; plan checks it against the built model."""
+    from pangu_ms.parallel.planner import build_report
+
+    job = load_config(ROOT / "ascend_configs" / "runs" / f"{name}.yaml")
+    build_report(job)  # raises PanguError on any difference
+    if job.parallel.pp > 1:
+        build_report(load_config(ROOT / "ascend_configs" / "runs" / f"{name}.yaml",
+                                 ["parallel.pipeline_scheduler=interleaved_1f1b", "parallel.pipeline_chunks=2"]))
+
+
+def paper_200b(**changes) -> Step:
+    job = load_config(ROOT / "ascend_configs/runs/pangu_alpha_200b_2048p.yaml")
+    return Step(job.model, replace(job.parallel, **changes), job.recompute.mode, job.train.global_batch_size)
+
+
+def test_paper_200b_layout_against_the_910a_budget():
+    """pp16 x mp8 x dp16, optimizer sharding, full recompute on 2048 x 910A (30 GB usable).
+
+    The shipped batch split (32 micro-batches of 4 rows) keeps 16 micro-batches of fp32 layer
+    inputs on stage 0 (this implementation's residual stream is fp32): 17 GB of checkpoints, over
+    budget; 64 micro-batches of 2 rows fit. Without pipeline stages, or without optimizer
+    sharding, nothing comes close."""
+    dev = device_spec("910A")
+    shipped = memory_report(paper_200b(), dev)
+    assert shipped["heaviest_stage"] == 0 and not shipped["fits"]
+    st0 = shipped["per_stage"][0]
+    assert st0["in_flight"] == 16 and st0["activations"] > 16 * GB
+    halved = memory_report(paper_200b(micro_batches=64), dev)
+    assert halved["fits"] and halved["per_stage"][0]["pool_total"] < 30 * GB
+    for changes in ({"pp": 1, "dp": 256, "micro_batches": 1}, {"optimizer_shard": False},
+                    {"optimizer_shard": False, "micro_batches": 64}):
+        worst = memory_report(paper_200b(**changes), dev)
+        assert not worst["fits"], changes
+        assert worst["per_stage"][worst["heaviest_stage"]]["pool_total"] > 1.25 * 30 * GB
+
+
+def test_step_time_parts_and_rates():
+    step = paper_200b(micro_batches=64)
+    t = step_time(step, device_spec("910A"))
+    assert t["step_time_s"] == pytest.approx(sum(t["parts_s"].values()))
+    # the bubble is (pp - 1) / m of the busy time
+    busy = t["parts_s"]["compute"] + t["parts_s"]["mp_comm"] + t["parts_s"]["pp_p2p"]
+    assert t["parts_s"]["pipeline_bubble"] == pytest.approx(busy * 15 / 64)
+    tokens = 2048 * 1024
+    assert t["tokens_per_s_per_device"] == pytest.approx(tokens / t["step_time_s"] / 2048)
+    assert t["mfu"] == pytest.approx(model_flops_per_step(step) / (t["step_time_s"] * 2048 * 256e12))
+
+
+def test_every_constant_names_a_source():
+    for spec in DEVICES.values():
+        for row in constant_table(spec):
+            assert row["source"] in SOURCES and row["source_text"]
+
+
+# ------------------------------------------------------------------ validate and search
+
+
+def test_validate_refuses_bad_pipeline_schedules():
+    m = tiny_model_config(num_layers=4)
+    with pytest.raises(ConfigError, match=r"num_layers=4 < parallel.pp\*pipeline_chunks = 2\*3"):
+        validate(m, ParallelConfig(pp=2, micro_batches=2, pipeline_scheduler="interleaved_1f1b", pipeline_chunks=3),
+                 devices=2, global_batch=4)
+    with pytest.raises(ConfigError, match="pipeline_scheduler='gpipe' needs pipeline stages"):
+        validate(m, ParallelConfig(pipeline_scheduler="gpipe"), devices=1, global_batch=4)
+    with pytest.raises(ConfigError, match="interleaved_1f1b needs at least 2 model chunks"):
+        ParallelConfig(pp=2, pipeline_scheduler="interleaved_1f1b")
+    with pytest.raises(ConfigError, match="only interleaved_1f1b splits"):
+        ParallelConfig(pp=2, pipeline_chunks=2)
+
+
+def test_search_ranks_what_fits_and_counts_the_rest():
+    from pangu_ms.parallel.search import candidates, search
+
+    m = load_config(ROOT / "ascend_configs/models/pangu_alpha_2.6b.yaml").model
+    dev = device_spec("910B")
+    kept, dropped, tried = candidates(m, 8, 32, dev)
+    assert tried == len(kept) + sum(dropped.values()) and kept and dropped
+    times = [c.time["step_time_s"] for c in kept]
+    assert times == sorted(times)
+    for c in kept:
+        validate(m, c.step.parallel, devices=8, global_batch=32, grad_accum_steps=c.step.grad_accum)
+        assert c.memory["fits"] and c.step.parallel.devices == 8
+    r = search(m, 8, 32, dev, top=3)
+    assert [c["step_time_s"] for c in r["top"]] == times[:3]
+    assert r["why"][0].startswith("fastest: dp ")
+    assert any(k.startswith("memory:") for k in r["dropped"])
