@@ -165,15 +165,17 @@ def build(kernel: str, s: dict, dtype, isa: str | None):
     if kernel.startswith("bias_"):
         kind = kernel[len("bias_"):]
         make = lambda fused: _fwd_bwd(BiasActivation(kind, fused=fused, isa=isa))  # noqa: E731
-        ref = "x + b, composed x * sigmoid(...) (the model's GELU cell)" if kind == "gelu" else "x + b, x * sigmoid(1.702 x)"
-        return make(True), make(False), (arr(t, f), f32(f), arr(t, f)), ref + ", autodiff"
+        act = "composed x * sigmoid(...) (the model's GELU cell)" if kind == "gelu" else "x * sigmoid(1.702 x)"
+        return make(True), make(False), (arr(t, f), f32(f), arr(t, f)), f"x + b, {act}, autodiff"
     if kernel.startswith("head_ce"):
         labels = Tensor(rng.integers(0, v, size=t).astype(np.int32))
         fused = _fwd_bwd(TiedHeadCrossEntropy(6, fused=True, isa=isa))
         inputs = (arr(t, h), arr(v, h, scale=0.02), labels, Tensor(np.float32(1.0)))
         if kernel == "head_ce_sparse":
-            return fused, _fwd_bwd(_SparseHead.cell()), inputs, "MatMul(transpose_b) + SparseSoftmaxCrossEntropyWithLogits"
-        return fused, _fwd_bwd(TiedHeadCrossEntropy(6, fused=False)), inputs, "MatMul(transpose_b) + LogSoftmax + GatherD"
+            ref, described = _SparseHead.cell(), "MatMul(transpose_b) + SparseSoftmaxCrossEntropyWithLogits"
+        else:
+            ref, described = TiedHeadCrossEntropy(6, fused=False), "MatMul(transpose_b) + LogSoftmax + GatherD"
+        return fused, _fwd_bwd(ref), inputs, described
     if kernel == "adamw":
         return _adamw_pair(s, isa)
     raise ValueError(f"unknown kernel {kernel!r}: one of {KERNELS}")

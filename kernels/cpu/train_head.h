@@ -148,7 +148,8 @@ int head_cross_entropy(const TH* h, const TT* table, const int32_t* labels, int3
       thread_local std::vector<float> ap;
       const int64_t v0 = task * kHeadVocab, m = std::min(kHeadVocab, V - v0), panels = (m + kMR - 1) / kMR;
       ap.resize(panels * rows * kMR);
-      for (int64_t ip = 0; ip < panels; ++ip) pack_a_panel(&logits[v0], 1, vp, m, ip * kMR, 0, rows, &ap[ip * rows * kMR]);
+      for (int64_t ip = 0; ip < panels; ++ip)
+        pack_a_panel(&logits[v0], 1, vp, m, ip * kMR, 0, rows, &ap[ip * rows * kMR]);
       gemm_packed<true>(m, H, rows, ap.data(), rows * kMR, bh.data(), rows * kNR, dt32 + v0 * H, H);
     });
   }

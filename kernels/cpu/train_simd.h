@@ -50,9 +50,13 @@ inline vf vzero_where_lt(vf x, vf a, vf b) { return _mm512_maskz_mov_ps(_mm512_c
 // the first n lanes of x, 0 in the others
 inline vf vkeep_first(vf x, int n) { return _mm512_maskz_mov_ps(tail_mask(n), x); }
 // lanes where the int32s a != b get `fill`
-inline vf vfill_where_ne(vf x, vi a, vi b, vf fill) { return _mm512_mask_mov_ps(x, _mm512_cmpneq_epi32_mask(a, b), fill); }
+inline vf vfill_where_ne(vf x, vi a, vi b, vf fill) {
+  return _mm512_mask_mov_ps(x, _mm512_cmpneq_epi32_mask(a, b), fill);
+}
 // lanes where the int32s a > b get `fill`
-inline vf vfill_where_gt(vf x, vi a, vi b, vf fill) { return _mm512_mask_mov_ps(x, _mm512_cmpgt_epi32_mask(a, b), fill); }
+inline vf vfill_where_gt(vf x, vi a, vi b, vf fill) {
+  return _mm512_mask_mov_ps(x, _mm512_cmpgt_epi32_mask(a, b), fill);
+}
 inline vi viload(const int32_t* p) { return _mm512_loadu_si512(p); }
 inline vi viset(int32_t x) { return _mm512_set1_epi32(x); }
 inline vi vistep() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }

@@ -2,14 +2,18 @@
 
 Notation: B batch, N heads, S sequence, D head dim, T tokens (B*S), H hidden, F FFN width, V vocab.
 
-| Cell | forward | backward (an aot kernel too) |
-|---|---|---|
-| `BiasActivation(kind)` | (x [T, F], bias [F]) -> act(x + bias), x's dtype | dx, dbias |
-| `AddLayerNorm(eps)` | (x [T, H], residual [T, H] fp32, gamma, beta [H]) -> (s = residual + x, LayerNorm(s)), fp32 | dx, dresidual, dgamma, dbeta |
-| `FlashAttention(head_dim)` | (q, k, v [B, N, S, D], doc_ids [B, S] int32) -> ctx [B, N, S, D], q's dtype | dq, dk, dv (recomputed tiles) |
-| `TiedHeadCrossEntropy(pad_id)` | (h [T, H], table [V, H], labels [T] int32) -> mean NLL over labels != pad_id, [] fp32 | dh, dtable |
-| `FusedAdamW(params, ...)` | (grads, factor, overflow, lr, step) -> applied [] bool; updates in place | (not differentiable) |
-| `GradSquaredNorm()` | (grads tuple, fp32 or fp16) -> sum of squares of every element, [] fp32 | (not differentiable) |
+- `BiasActivation(kind)`: (x [T, F], bias [F]) -> act(x + bias) in x's dtype; backward dx, dbias.
+- `AddLayerNorm(eps)`: (x [T, H], residual [T, H] fp32, gamma, beta [H]) -> (s = residual + x,
+  LayerNorm(s)), both fp32; backward dx, dresidual, dgamma, dbeta.
+- `FlashAttention(head_dim)`: (q, k, v [B, N, S, D], doc_ids [B, S] int32) -> ctx [B, N, S, D] in
+  q's dtype; backward dq, dk, dv from recomputed tiles.
+- `TiedHeadCrossEntropy(pad_id)`: (h [T, H], table [V, H], labels [T] int32) -> mean NLL over the
+  labels that are not pad_id, [] fp32; backward dh, dtable.
+- `FusedAdamW(params, ...)`: (grads, factor, overflow, lr, step) -> applied [] bool, updating the
+  weights and moments in place (below).
+- `GradSquaredNorm()`: (grads) -> the sum of squares of every element, [] fp32.
+
+The backward passes are aot kernels too, attached with `bprop`.
 
 The sources are `kernels/cpu/training.cc` and its `train_*.h` headers, built on first use by
 `pangu_ms.kernels.build` into the user's kernel cache. Every kernel is vectorised twice, AVX2
@@ -70,12 +74,19 @@ FAST_GELU_SLOPE = 1.702
 """fast GELU is x * sigmoid(1.702 x) (MindSpore's FastGeLU)."""
 
 
-def _resolve(fused: bool, isa: str | None) -> tuple[str | None, str]:
-    """(library path or None, ISA suffix) for a Cell's `fused` and `isa` arguments."""
+def _resolve(fused: bool, isa: str | None) -> tuple[str | None, str | None]:
+    """(library path or None, ISA suffix) for a Cell's `fused` and `isa` arguments: the ISA is
+    checked (and chosen, for None) only where the kernel will run, so the reference path works on
+    any CPU."""
+    if isa is not None and isa not in ("avx2", "avx512"):
+        raise ValueError(f"isa={isa!r} is not one of avx2, avx512 (or None: this CPU's best)")
+    lib = cpu_training_library() if fused else None
+    if lib is None:
+        return None, isa
     isa = training_isa() if isa is None else isa
     if not isa_supported(isa):
         raise ValueError(f"isa={isa!r}: this CPU cannot run the {isa} kernels (see pangu_ms.kernels.build)")
-    return (cpu_training_library() if fused else None), isa
+    return lib, isa
 
 
 def _op(lib: str, name: str, isa: str, out_shape, out_dtype, bprop=None):
