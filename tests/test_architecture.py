@@ -1,6 +1,6 @@
 """The import graph of the package: imports run one way, and subpackages form no cycle.
 
-    cli -> finetune -> eval -> train, infer -> cluster -> parallel -> models, data
+    cli -> finetune -> eval -> train, infer -> cluster, checkpoint -> parallel -> models, data
         -> kernels, tokenizer, runtime -> config -> errors
 
 Every `import pangu_ms.X...` / `from pangu_ms.X... import` in a module of unit U (a
@@ -22,7 +22,7 @@ LAYERS = {
     "kernels": 2, "tokenizer": 2, "runtime": 2,
     "models": 3, "data": 3,
     "parallel": 4,
-    "cluster": 5,
+    "cluster": 5, "checkpoint": 5,
     "train": 6, "infer": 6,
     "eval": 7,
     "finetune": 8,

@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "generate": "generate",
     "eval": "evaluate",
     "finetune": "finetune",
+    "checkpoint": "checkpoint",
+    "convert": "convert",
     "plan": "plan",
     "rank-table": "rank_table",
     "preflight": "preflight",
@@ -52,9 +54,9 @@ def add_config_args(p: argparse.ArgumentParser, *, required: bool = True) -> Non
                    help="override a config field, e.g. --set train.steps=100 (repeatable)")
 
 
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+def add_checkpoint_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """The shared `--ckpt DIR` and `--device` options of the commands that load a checkpoint."""
-    p.add_argument("--ckpt", required=True, help="run dir, its checkpoints/ dir or one step_XXXXXXXX dir")
+    p.add_argument("--ckpt", required=required, help="run dir, its checkpoints/ dir or one step_XXXXXXXX dir")
     p.add_argument("--device", choices=["CPU", "Ascend"], default=None,
                    help="device to run on (default: the checkpoint's run.device)")
 

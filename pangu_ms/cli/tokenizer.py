@@ -1,4 +1,8 @@
-"""`python -m pangu_ms tokenizer train|encode|decode`: train and debug the PanGu tokenizer."""
+"""`python -m pangu_ms tokenizer train|encode|decode`: train and debug the PanGu tokenizer.
+
+`--kind code` trains the PanGu-Coder tokenizer (exact round trip of source code) on a code
+corpus (`python_stdlib` or `python:<path>`, its training split); encode/decode pick the kind
+the tokenizer directory records."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +15,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description="Train a jieba+SentencePiece tokenizer, or encode/decode stdin.")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="<train|encode|decode>", required=True)
 
-    t = sub.add_parser("train", help="train a SentencePiece model over jieba-segmented text")
-    t.add_argument("--corpus", default="peoples_daily_1998",
-                   help="built-in corpus (peoples_daily_1998, shopping_reviews) or a .txt/.jsonl file, dir or glob")
+    t = sub.add_parser("train", help="train a SentencePiece model over jieba-segmented text (or code)")
+    t.add_argument("--kind", choices=("pangu", "code"), default="pangu",
+                   help="pangu: jieba + SentencePiece (Chinese); code: the exact PanGu-Coder tokenizer")
+    t.add_argument("--corpus", default=None,
+                   help="built-in corpus (peoples_daily_1998, shopping_reviews; code: python_stdlib) or a "
+                        ".txt/.jsonl file, dir or glob (code: python:<path>)")
+    t.add_argument("--indentation", choices=("verbatim", "tokens"), default="verbatim",
+                   help="code: indentation as pieces, or as <INDENT>/<DEDENT> ids")
     t.add_argument("--vocab-size", type=int, default=8000, help="pieces in the vocabulary (default 8000)")
     t.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="SentencePiece algorithm")
     t.add_argument("--normalization", choices=("nmt_nfkc", "identity"), default="nmt_nfkc",
@@ -39,6 +48,9 @@ def _train(args) -> int:
     from pangu_ms.data.corpora import load_documents
     from pangu_ms.tokenizer import segment_batch, train_tokenizer
 
+    if args.kind == "code":
+        return _train_code(args)
+    args.corpus = args.corpus or "peoples_daily_1998"
     cfg = TokenizerConfig(path=args.out, vocab_size=args.vocab_size, model_type=args.model_type,
                           corpus=args.corpus, byte_fallback=not args.no_byte_fallback,
                           character_coverage=args.character_coverage, normalization=args.normalization)
@@ -49,10 +61,26 @@ def _train(args) -> int:
     return 0
 
 
-def _encode(args) -> int:
-    from pangu_ms.tokenizer import PanguTokenizer
+def _train_code(args) -> int:
+    from pangu_ms.config import TokenizerConfig
+    from pangu_ms.data.code_corpus import load_code_corpus
+    from pangu_ms.tokenizer import train_code_tokenizer
 
-    tok = PanguTokenizer.from_dir(args.tokenizer)
+    corpus = args.corpus or "python_stdlib"
+    cfg = TokenizerConfig(kind="code", path=args.out, vocab_size=args.vocab_size, model_type=args.model_type,
+                          corpus=corpus, normalization="identity", byte_fallback=not args.no_byte_fallback,
+                          character_coverage=args.character_coverage, indentation=args.indentation)
+    files = load_code_corpus(corpus, workers=args.workers).train
+    tok = train_code_tokenizer(cfg, args.out, texts=[f.text for f in files])
+    print(f"code tokenizer: {tok.vocab_size} pieces ({args.model_type}, indentation {args.indentation}) from "
+          f"{len(files)} files -> {args.out}/vocab.model")
+    return 0
+
+
+def _encode(args) -> int:
+    from pangu_ms.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
     for line in sys.stdin:
         ids = tok.encode(line.rstrip("\n"))
         print(json.dumps(ids))
@@ -63,9 +91,9 @@ def _encode(args) -> int:
 
 def _decode(args) -> int:
     from pangu_ms.errors import DataError
-    from pangu_ms.tokenizer import PanguTokenizer
+    from pangu_ms.tokenizer import load_tokenizer
 
-    tok = PanguTokenizer.from_dir(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)
     for n, line in enumerate(sys.stdin, 1):
         if not line.strip():
             continue

@@ -1,7 +1,7 @@
 """The whole job: every concept's section composed into `JobConfig`; loading and cross-checks.
 
 YAML top-level keys are `JobConfig`'s fields (`model:`, `tokenizer:`, `data:`, `parallel:`,
-`recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`, `finetune:`), each
+`recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`, `finetune:`, `code:`), each
 mirroring its dataclass one to one. `validate_job` holds the checks that involve more than
 one section.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from pangu_ms.config.code import CodeConfig
 from pangu_ms.config.data import DataConfig
 from pangu_ms.config.finetune import FinetuneConfig
 from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml
@@ -40,6 +41,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,14 +9,14 @@ from pangu_ms.config.loader import check_choices, require
 
 @dataclass
 class CheckpointConfig:
-    """What is saved, how often, and how many are kept."""
+    """What is saved, how often, and how many are kept (every rank saves its own slices)."""
 
     every_steps: int = 1000
     """save every this many optimizer steps (and at the end)."""
     keep_last: int = 3
-    """checkpoints kept; older ones are deleted after a successful save."""
-    format: Literal['ckpt', 'safetensors'] = "ckpt"
-    """ckpt or safetensors."""
+    """complete checkpoints kept; older steps are deleted whole after a successful save."""
+    format: Literal['ckpt', 'safetensors'] = "safetensors"
+    """per-rank file format: safetensors (merge and reshard stream it) or MindSpore's ckpt."""
 
     def __post_init__(self) -> None:
         check_choices(self)

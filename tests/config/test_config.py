@@ -151,6 +151,8 @@ def test_every_choice_field_is_a_literal_checked_by_the_loader():
         "ParallelConfig.pipeline_scheduler": ("1f1b", "gpipe", "interleaved_1f1b"),
         "CheckpointConfig.format": ("ckpt", "safetensors"), "RunConfig.device": ("CPU", "Ascend"),
         "RunConfig.mode": ("graph", "pynative"), "FinetuneConfig.method": ("full", "lora"),
+        "TokenizerConfig.kind": ("pangu", "code"), "TokenizerConfig.indentation": ("verbatim", "tokens"),
+        "CodeConfig.pair_layout": ("tagged", "inline"),
     }
 
 

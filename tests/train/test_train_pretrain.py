@@ -1,5 +1,5 @@
 """`python -m pangu_ms pretrain` end to end on toy shards: outputs, exact resume after
-SIGKILL, corrupt-checkpoint detection and fallback, loading for inference."""
+SIGKILL, corrupt or incomplete checkpoint detection and fallback, loading for inference."""
 from __future__ import annotations
 
 import json
@@ -73,7 +73,13 @@ def test_pretrain_writes_metrics_plot_summary_and_checkpoints(setup):
     # keep_last=2 of the checkpoints at steps 2, 4, 6; no temporary directories left behind
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]
     step6 = run / "checkpoints" / "step_00000006"
-    assert {p.name for p in step6.iterdir()} == {"model.ckpt", "meta.json", "config.yaml", "tokenizer"}
+    assert {p.name for p in step6.iterdir()} == {"rank_0", "meta.json", "config.yaml", "tokenizer", "layout.json",
+                                                 "strategy.ckpt", "manifest.json"}
+    assert {p.name for p in (step6 / "rank_0").iterdir()} == {"model.safetensors", "rank.json"}
+    manifest = json.loads((step6 / "manifest.json").read_text())
+    assert manifest["world_size"] == 1 and "rank_0/model.safetensors" in manifest["files"]
+    weights = step6 / "rank_0" / "model.safetensors"
+    assert manifest["files"]["rank_0/model.safetensors"]["bytes"] == weights.stat().st_size
     meta = json.loads((step6 / "meta.json").read_text())
     assert meta["step"] == STEPS and meta["data_step"] == STEPS and meta["loss_scale"] > 0
     assert (meta["micro_batch"], meta["data_shards"], meta["accum_steps"]) == (4, 1, 1)
@@ -102,21 +108,23 @@ def test_corrupt_checkpoint_is_detected_and_resume_falls_back(setup):
     root, config, _ = setup
     run_c = root / "run_c"
     shutil.copytree(root / "run_a" / "checkpoints", run_c / "checkpoints")
-    newest = run_c / "checkpoints" / "step_00000006" / "model.ckpt"
+    newest = run_c / "checkpoints" / "step_00000006" / "rank_0" / "model.safetensors"
     blob = bytearray(newest.read_bytes())
-    blob[len(blob) // 2] ^= 0xFF  # one flipped byte: only the crc notices
+    blob[len(blob) // 2] ^= 0xFF  # one flipped byte: only the checksum notices
     newest.write_bytes(bytes(blob))
-    with pytest.raises(CheckpointError, match="corrupt"):
-        ckpt.read_tensors(newest.parent)
-    older = run_c / "checkpoints" / "step_00000004" / "model.ckpt"
+    with pytest.raises(CheckpointError, match="sha256 differs from the manifest"):
+        ckpt.read_tensors(newest.parent.parent)
+    older = run_c / "checkpoints" / "step_00000004"
     truncated = run_c / "truncated" / "checkpoints" / "step_00000004"
-    shutil.copytree(older.parent, truncated)
-    (truncated / "model.ckpt").write_bytes(older.read_bytes()[: older.stat().st_size // 2])
+    shutil.copytree(older, truncated)
+    weights = truncated / "rank_0" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         ckpt.read_tensors(truncated)
     resumed = pretrain(config, "--resume", str(run_c))  # skips step 6, continues from step 4
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "skipping checkpoint" in resumed.stderr
+    assert "skipping checkpoint" in resumed.stderr and "step_00000006" in resumed.stderr
+    assert "the newest step complete on every rank" in resumed.stderr
     a, c = final_tensors(root / "run_a"), final_tensors(run_c)
     for k in a:
         np.testing.assert_allclose(c[k], a[k], rtol=0, atol=1e-6, err_msg=k)
