@@ -106,3 +106,50 @@ def require_cpu_kernels() -> None:
     pytest.fail(f"the C++ decode kernels do not build here: {why}; the fused tests would compare the reference "
                 f"with itself. Install g++ (x86-64 with AVX2 and FMA needed), or outside CI set {WITHOUT_KERNELS}=1 "
                 "to skip those tests")
+
+
+def compiled_op_dtypes(cell, inputs, out_dir, ops=None):
+    """Compile `cell(*inputs)` and return {op name: set of input-dtype tuples} read from the
+    graph MindSpore's frontend hands to the backend (the `*_validate_*.ir` dump): the dtypes
+    each primitive of the forward and backward graph is called with. `ops` limits the names.
+
+    Only that pass is dumped; the file is parsed and deleted again. A compile error of
+    the backend (e.g. a CPU without bf16 matmul) comes after the dump and is ignored here;
+    anything that stops the frontend raises.
+    """
+    import glob
+    import os
+    import re
+    import shutil
+
+    import mindspore as ms
+
+    out_dir = str(out_dir)
+    before = os.environ.get("MS_DEV_DUMP_IR_PASSES")
+    os.environ["MS_DEV_DUMP_IR_PASSES"] = "validate"  # that one pass only (a full dump is ~100 MB)
+    ms.set_context(save_graphs=True, save_graphs_path=out_dir)
+    error = None
+    try:
+        cell(*inputs)
+    except (RuntimeError, TypeError) as exc:  # the backend's kernel selection, if the frontend graph exists
+        error = exc
+    finally:
+        ms.set_context(save_graphs=False)
+        if before is None:
+            os.environ.pop("MS_DEV_DUMP_IR_PASSES")
+        else:
+            os.environ["MS_DEV_DUMP_IR_PASSES"] = before
+    files = sorted(glob.glob(f"{out_dir}/*_validate_*.ir"))
+    if not files:
+        raise AssertionError(f"no frontend graph was dumped into {out_dir}: the graph did not compile") from error
+    found: dict[str, set] = {}
+    for path in files:
+        lines = open(path, encoding="utf-8").read().split("\n")
+        for i, line in enumerate(lines[:-1]):
+            m = re.search(r"= (?:PrimFunc_)?(\w+)\(", line)
+            if not m or (ops is not None and m.group(1) not in ops):
+                continue
+            types = tuple(re.findall(r"Tensor\[(\w+)\]", lines[i + 1].split("->")[0]))
+            found.setdefault(m.group(1), set()).add(types)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return found

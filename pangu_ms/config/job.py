@@ -99,6 +99,8 @@ def validate_job(job: JobConfig, command: str) -> None:
     - pretrain: the global batch splits into dp * micro_batches * grad_accum_steps parts;
     - finetune: its rows fit the model (finetune.max_tokens <= model.seq_length);
     - prepare, pretrain of PanGu-Sigma: every data source names one of the experts' domains.
+    - pretrain, finetune: bf16 compute only where it runs (Ascend 910B; MindSpore's CPU
+      backend has no bf16 matmul, 910A no bf16 at all).
     """
     if command not in COMMANDS_CHECKED:
         raise ValueError(f"validate_job: command {command!r} is not one of {COMMANDS_CHECKED}")
@@ -121,6 +123,11 @@ def validate_job(job: JobConfig, command: str) -> None:
     if command == "finetune" and job.finetune.max_tokens > m.seq_length:
         problems.append(f"finetune.max_tokens={job.finetune.max_tokens} exceeds model.seq_length={m.seq_length}: "
                         f"lower finetune.max_tokens to at most {m.seq_length}")
+    if command in ("pretrain", "finetune") and m.compute_dtype == "bfloat16" and (
+            job.run.device != "Ascend" or job.run.ascend_chip == "910A"):
+        where = "the CPU backend has no bf16 matmul" if job.run.device != "Ascend" else "910A has no bf16"
+        problems.append(f"model.compute_dtype=bfloat16 with run.device={job.run.device} run.ascend_chip="
+                        f"{job.run.ascend_chip}: {where}; use float32 on CPU, float16 on 910A")
     if problems:
         raise ConfigError("; ".join(problems) if len(problems) == 1 else
                           "the config's sections disagree:\n" + "\n".join(f"  - {x}" for x in problems))

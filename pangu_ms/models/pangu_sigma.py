@@ -19,7 +19,7 @@ Dispatch and combine with static shapes (named ops a plan can shard):
     pos(t)   = number of earlier tokens sent to expert(t)              [T]
     slot(t)  = expert(t) * C + pos(t) if pos(t) < C else E*C (dropped)   [T]
     X_e      = dispatch(x, slot) -> [E*C (+1 drop row), H] -> [E, C, H]
-    Y_e      = GELU(X_e W1_e + b1_e) W2_e + b2_e                          [E, C, H]
+    Y_e      = act(X_e W1_e + b1_e) W2_e + b2_e                           [E, C, H]
     y(t)     = combine(Y, slot) (0 for a dropped token: it keeps its residual only)
 With `capacity_factor` None, C = T and no token drops.
 
@@ -37,8 +37,8 @@ from mindspore.common.initializer import Normal, Zero, initializer
 from mindspore.ops import operations as P
 
 from pangu_ms.config import ExpertsConfig, ModelConfig
-from pangu_ms.kernels.norm_act import GELU
-from pangu_ms.models.layers import compute_dtype
+from pangu_ms.kernels.reference import compute_dtype
+from pangu_ms.kernels.switch import KernelSpec, kernel_spec
 from pangu_ms.models.pangu_alpha import Block, PanguAlpha, PanguAlphaLM, PanguAlphaWithLoss, QueryLayer, \
     count_parameters as dense_count
 
@@ -80,9 +80,13 @@ class RandomRoutedExperts(nn.Cell):
     biases 3-D so that the op adding them states their layout);
     `route` [D, V] int32 (requires_grad False). Dispatch (`dispatch`, an unsorted segment sum
     into E*C+1 slots) and combine (`combine`, a gather back) are the named ops a plan shards.
+
+    The activation is the spec's `bias_activation` role (the dense FFN's): the per-expert bias
+    [E, 1, F] is added first (`bias1`) and the role gets a zero bias [F], since a fused kernel
+    takes one bias row for all tokens (adding 0.0 leaves every value as it was).
     """
 
-    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig, table: np.ndarray):
+    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig, table: np.ndarray, spec: KernelSpec):
         super().__init__()
         e, h, f = experts.num_experts, cfg.hidden_size, cfg.ffn_hidden_size
         out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
@@ -102,7 +106,8 @@ class RandomRoutedExperts(nn.Cell):
         self.fc2 = P.BatchMatMul()
         self.bias1 = P.Add()
         self.bias2 = P.Add()
-        self.activation = GELU()
+        self.activation = spec.bias_activation(cfg.activation)  # act(z + 0), z already has b1_e
+        self.zero_bias = Tensor(np.zeros(f, np.float32))
         self.concat = P.Concat(0)
         self.low_precision = cfg.compute_dtype != "float32"
         self.dtype = compute_dtype(cfg.compute_dtype)
@@ -138,7 +143,7 @@ class RandomRoutedExperts(nn.Cell):
         z = self.fc1(buf, w1)  # [E, C, F]
         if self.low_precision:
             z = self.cast(z, ms.float32)
-        a = self.activation(self.bias1(z, self.expert_b1))  # [E, C, F]
+        a = self.activation(self.bias1(z, self.expert_b1), self.zero_bias)  # [E, C, F]
         if self.low_precision:
             a = self.cast(a, self.dtype)
         y = self.fc2(a, w2)  # [E, C, H]
@@ -155,104 +160,107 @@ class RandomRoutedExperts(nn.Cell):
 class SharedBlock(Block):
     """A dense block in the Sigma stack (shared by all domains): `Block` taking the route key."""
 
-    def construct(self, h, bias, route_key):
+    def construct(self, h, mask, route_key):
         x = self.ln1(h)
-        h = self.residual_attn(h, self.attention(x, x, bias))
-        return self.residual_ffn(h, self.ffn(self.ln2(h)))
+        h, x = self.ln2(self.attention(x, x, mask), h)  # h + Attn(x), LN2 of that
+        return self.residual_ffn(h, self.ffn(x))
 
 
 class RoutedBlock(Block):
     """A sparse block: `Block` with the FFN replaced by `RandomRoutedExperts`."""
 
-    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig, table: np.ndarray):
-        super().__init__(cfg)
-        self.ffn = RandomRoutedExperts(cfg, experts, table)
+    def __init__(self, cfg: ModelConfig, spec: KernelSpec, experts: ExpertsConfig, table: np.ndarray):
+        super().__init__(cfg, spec)
+        self.ffn = RandomRoutedExperts(cfg, experts, table, spec)
 
-    def construct(self, h, bias, route_key):
+    def construct(self, h, mask, route_key):
         x = self.ln1(h)
-        h = self.residual_attn(h, self.attention(x, x, bias))
-        return self.residual_ffn(h, self.ffn(self.ln2(h), route_key))
+        h, x = self.ln2(self.attention(x, x, mask), h)
+        return self.residual_ffn(h, self.ffn(x, route_key))
 
 
 class RoutedQueryLayer(QueryLayer):
     """The top query layer with an RRE FFN."""
 
-    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig, table: np.ndarray):
-        super().__init__(cfg)
-        self.ffn = RandomRoutedExperts(cfg, experts, table)
+    def __init__(self, cfg: ModelConfig, spec: KernelSpec, experts: ExpertsConfig, table: np.ndarray):
+        super().__init__(cfg, spec)
+        self.ffn = RandomRoutedExperts(cfg, experts, table, spec)
 
-    def construct(self, h, query, bias, route_key):
-        h = self.residual_attn(h, self.attention(query, self.ln1(h), bias))
-        return self.residual_ffn(h, self.ffn(self.ln2(h), route_key))
+    def construct(self, h, query, mask, route_key):
+        h, x = self.ln2(self.attention(query, self.ln1(h), mask), h)
+        return self.residual_ffn(h, self.ffn(x, route_key))
 
 
 class SharedQueryLayer(QueryLayer):
     """The dense top query layer taking the route key."""
 
-    def construct(self, h, query, bias, route_key):
-        h = self.residual_attn(h, self.attention(query, self.ln1(h), bias))
-        return self.residual_ffn(h, self.ffn(self.ln2(h)))
+    def construct(self, h, query, mask, route_key):
+        h, x = self.ln2(self.attention(query, self.ln1(h), mask), h)
+        return self.residual_ffn(h, self.ffn(x))
 
 
 class PanguSigma(PanguAlpha):
-    """The backbone: ids [B, S], position ids [B, S], attention mask [B, S, S], domain ids [B] -> h [T, H]."""
+    """The backbone: ids, position ids, document ids [B, S], domain ids [B] -> h [T, H]."""
 
-    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig, spec: KernelSpec):
+        super().__init__(cfg, spec)
         self.experts = experts
         n = cfg.num_layers
         self.sparse_layers = tuple(experts.layer_indices(n))
 
         def layer(i: int, routed: type, shared: type) -> nn.Cell:
             if i in self.sparse_layers:
-                return routed(cfg, experts, routing_table(experts, cfg.vocab_size, i))
-            return shared(cfg)
+                return routed(cfg, spec, experts, routing_table(experts, cfg.vocab_size, i))
+            return shared(cfg, spec)
 
         self.blocks = nn.CellList([layer(i, RoutedBlock, SharedBlock) for i in range(n - 1)])
         self.query_layer = layer(n - 1, RoutedQueryLayer, SharedQueryLayer)
         self.vocab_size = cfg.vocab_size
 
-    def construct(self, input_ids, position_ids, attention_mask, domain_ids):
+    def construct(self, input_ids, position_ids, document_ids, domain_ids):
         b, s = input_ids.shape
-        bias = self.attention_bias(attention_mask)  # [B, 1, S, S]
+        mask = self.attention_mask(document_ids)  # causal within each document, built once
         route_key = (domain_ids.reshape(b, 1) * self.vocab_size + input_ids).reshape(-1)  # [T]
         h = self.embedding_add(self.word_embedding(input_ids), self.position_embedding(position_ids))
         h = h.reshape(b * s, -1)  # [T, H]
         if self.embedding_dropout is not None:
             h = self.embedding_dropout(h)
         for block in self.blocks:
-            h = block(h, bias, route_key)
+            h = block(h, mask, route_key)
         h = self.final_ln(h)
         query = self.top_query_embedding(position_ids).reshape(b * s, -1)  # [T, H]
-        return self.query_layer(h, query, bias, route_key)  # [T, H]
+        return self.query_layer(h, query, mask, route_key)  # [T, H]
 
 
 class PanguSigmaLM(PanguAlphaLM):
-    """Sigma backbone plus the tied head: (ids, positions, mask, domain ids [B]) -> logits [T, V]."""
+    """Sigma backbone plus the tied head: (ids, positions, document ids [B, S], domain ids [B]) ->
+    logits [T, V]. `kernels` as for `PanguAlphaLM`."""
 
-    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig, kernels: KernelSpec | None = None):
+        spec = kernels or kernel_spec(cfg.kernels)
+        super().__init__(cfg, spec)
         self.experts = experts
-        self.backbone = PanguSigma(cfg, experts)
+        self.backbone = PanguSigma(cfg, experts, spec)
 
-    def construct(self, input_ids, position_ids, attention_mask, domain_ids):
-        return self.logits(self.backbone(input_ids, position_ids, attention_mask, domain_ids))
+    def construct(self, input_ids, position_ids, document_ids, domain_ids):
+        return self.logits(self.backbone(input_ids, position_ids, document_ids, domain_ids))
 
 
 class PanguSigmaWithLoss(PanguAlphaWithLoss):
-    """Training wrapper: (rows [B, S+1], positions, mask, domain ids [B]) -> loss."""
+    """Training wrapper: (rows [B, S+1], positions, document ids [B, S], domain ids [B]) -> loss."""
 
-    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, experts: ExpertsConfig, kernels: KernelSpec | None = None):
+        spec = kernels or kernel_spec(cfg.kernels)
+        super().__init__(cfg, spec)
         self.experts = experts
-        self.lm = PanguSigmaLM(cfg, experts)
+        self.lm = PanguSigmaLM(cfg, experts, spec)
 
-    def construct(self, input_ids, position_ids, attention_mask, domain_ids):
+    def construct(self, input_ids, position_ids, document_ids, domain_ids):
         s = self.config.seq_length
         tokens = input_ids[:, :s]  # [B, S]
         labels = input_ids[:, 1:].reshape(-1)  # [T]
-        logits = self.lm(tokens, position_ids, attention_mask, domain_ids)  # [T, V]
-        return self.loss(logits, labels)
+        h = self.lm.backbone(tokens, position_ids, document_ids, domain_ids)  # [T, H]
+        return self.loss(h, self.lm.backbone.word_embedding.embedding_table, labels)
 
 
 def is_expert_parameter(name: str) -> bool:

@@ -181,6 +181,7 @@ def _check_same_data_layout(meta: dict[str, Any], sharding: dict[str, int], accu
 
 def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
     """(loss network, trainer, dataset sharding) for the parallel mode in use."""
+    from pangu_ms.kernels.switch import job_kernel_spec
     from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
     from pangu_ms.parallel import parallelize_job
     from pangu_ms.train.step import Trainer
@@ -197,7 +198,7 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
             raise ConfigError("PanGu-Sigma trains on one CPU process here; run it without msrun")
         net, trainer = build_sigma_trainer(job)
         return net, trainer, dict(batch_size=micro_batch_size(job, 1), num_shards=1, shard_id=0)
-    net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
+    net = parallelize_job(PanguAlphaWithLoss(job.model, job_kernel_spec(job)), job, info)
     optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
     trainer = Trainer(net, optimizer, job.optimizer, accum_steps=job.train.grad_accum_steps)
     return net, trainer, dict(batch_size=micro_batch_size(job, info.dp_size), num_shards=info.dp_size,
@@ -206,7 +207,7 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
 
 def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int, *, batch_size: int,
                    num_shards: int, shard_id: int) -> Iterator[tuple]:
-    """Endless (input_ids, position_id, attention_mask) micro-batches from `start_step` on."""
+    """Endless (input_ids, position_id, document_id) micro-batches from `start_step` on."""
     from pangu_ms.data.dataset import build_dataset
 
     dataset = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size, eod_id=job.model.eod_id,

@@ -25,6 +25,7 @@ import numpy as np
 from mindspore import ParameterTuple, Tensor, nn, ops
 
 from pangu_ms.config import JobConfig, OptimizerConfig, ScheduleConfig
+from pangu_ms.kernels.switch import job_kernel_spec
 from pangu_ms.models.pangu_sigma import PanguSigmaWithLoss, is_expert_parameter, route_tokens
 from pangu_ms.train.optimizer import build_optimizer, decays, lr_at
 from pangu_ms.train.step import StepResult, TrainStep, _square_sum, _unscale, new_loss_scale
@@ -135,7 +136,7 @@ def touched_experts(net: PanguSigmaWithLoss, input_ids: np.ndarray, domain_ids: 
 class SigmaTrainer:
     """`Trainer`'s interface (`step`, `cell`, `optimizer_step`, `accum_steps`) for PanGu-Sigma.
 
-    One micro-batch per step (grad_accum_steps 1); inputs (rows, positions, mask, domain ids)."""
+    One micro-batch per step (grad_accum_steps 1); inputs (rows, positions, document ids, domain ids)."""
 
     def __init__(self, net: PanguSigmaWithLoss, job: JobConfig):
         if job.train.grad_accum_steps != 1:
@@ -182,6 +183,8 @@ def replace_eps(opt: OptimizerConfig, eps: float) -> OptimizerConfig:
 
 
 def build_sigma_trainer(job: JobConfig) -> tuple[PanguSigmaWithLoss, SigmaTrainer]:
-    """(loss network, trainer) of a PanGu-Sigma job on one CPU process."""
-    net = PanguSigmaWithLoss(job.model, job.experts)
+    """(loss network, trainer) of a PanGu-Sigma job on one CPU process, its model built with the
+    job's kernel spec (`model.kernels`); the updates are the reference AdamW of `SigmaTrainer`
+    (the spec's fused optimizer kernel is not used for the two parameter groups)."""
+    net = PanguSigmaWithLoss(job.model, job.experts, job_kernel_spec(job))
     return net, SigmaTrainer(net, job)

@@ -207,21 +207,22 @@ def test_eval_perplexity_of_a_text_file_equals_the_models_loss(tiny_run, loaded,
 
 
 def test_eval_heldout_perplexity_equals_model_loss(tiny_run, capsys):
-    """exp(the model's own mean training loss over the held-out rows, eod-reset masks)."""
+    """exp(the model's own mean training loss over the held-out rows, eod-reset documents)."""
     import mindspore.dataset as ds
 
     from pangu_ms.data.dataset import eod_reset
     from pangu_ms.data.shards import shard_files
-    from pangu_ms.models.pangu_alpha import CrossEntropy
+    from pangu_ms.kernels.reference import TiedHeadCrossEntropy
     from pangu_ms.train.checkpoint import load_for_inference
 
     r = json.loads(_cli(capsys, "eval", "--ckpt", str(tiny_run / "pretrain"), "--task", "heldout_ppl", "--json"))
     job, lm, _ = load_for_inference(tiny_run / "pretrain")
     data = ds.MindDataset(shard_files(job.data.output_dir, "heldout"), shuffle=False)
     rows = np.stack([d["input_ids"] for d in data.create_dict_iterator(num_epochs=1, output_numpy=True)])
-    pos, mask = eod_reset(rows, job.model.eod_id)
-    logits = lm(Tensor(rows[:, :-1]), Tensor(pos), Tensor(mask))
-    loss = CrossEntropy(job.model)(logits, Tensor(rows[:, 1:].reshape(-1))).asnumpy()
+    pos, doc = eod_reset(rows, job.model.eod_id)
+    h = lm.backbone(Tensor(rows[:, :-1]), Tensor(pos), Tensor(doc))
+    table = lm.backbone.word_embedding.embedding_table
+    loss = TiedHeadCrossEntropy(job.model.pad_id)(h, table, Tensor(rows[:, 1:].reshape(-1))).asnumpy()
     assert r["rows"] == len(rows) and r["tokens"] == rows[:, 1:].size
     assert r["perplexity"] == pytest.approx(float(np.exp(loss)), rel=1e-4)
 
@@ -261,7 +262,7 @@ def test_lora_starts_at_base_and_merges_exactly():
     names = [p.name for p in lm.get_parameters()]
     s = 16
     args = (Tensor(np.arange(10, 10 + s, dtype=np.int32)[None]), Tensor(np.arange(s, dtype=np.int32)[None]),
-            Tensor(np.tril(np.ones((s, s), np.float32))[None]))
+            Tensor(np.zeros((1, s), np.int32)))  # one document: causal
     base = _Fresh(lm)(*args).asnumpy()
     trainable = apply_lora(lm, rank=2, alpha=4.0)
     assert not any(p.requires_grad for p in lm.get_parameters() if "lora" not in p.name)

@@ -16,16 +16,16 @@ from pangu_ms.infer.kv_cache import DecoderCore, ExportStep, KVCache, StepCell, 
 def full_logits(tiny_lm):
     """Full recompute with the model itself: logits [V] after `seq`, one compiled [1, SEQ] graph.
 
-    The prefix is right-padded to SEQ under a causal mask, so position len-1 sees exactly the
-    prefix (what an unpadded forward over the prefix computes).
+    The prefix is right-padded to SEQ under a causal mask (one document), so position len-1
+    sees exactly the prefix (what an unpadded forward over the prefix computes).
     """
-    mask = Tensor(np.tril(np.ones((SEQ, SEQ), np.float32))[None])
+    doc = Tensor(np.zeros((1, SEQ), np.int32))
     pos = Tensor(np.arange(SEQ, dtype=np.int32)[None])
 
     def run(seq: list[int]) -> np.ndarray:
         ids = np.full((1, SEQ), 6, np.int32)
         ids[0, :len(seq)] = seq
-        return tiny_lm(Tensor(ids), pos, mask).asnumpy()[len(seq) - 1]
+        return tiny_lm(Tensor(ids), pos, doc).asnumpy()[len(seq) - 1]
 
     return run
 

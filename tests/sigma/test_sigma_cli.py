@@ -28,8 +28,8 @@ def _cfg():
 def _batch(cfg, b=3, seed=5):
     rows = np.random.default_rng(seed).integers(0, cfg.vocab_size, (b, cfg.seq_length + 1)).astype(np.int32)
     rows[1, 7] = cfg.eod_id
-    pos, mask = eod_reset(rows, cfg.eod_id)
-    return Tensor(rows[:, :-1]), Tensor(pos), Tensor(mask)
+    pos, doc = eod_reset(rows, cfg.eod_id)
+    return Tensor(rows[:, :-1]), Tensor(pos), Tensor(doc)
 
 
 def _logits(lm, domain: int, batch):

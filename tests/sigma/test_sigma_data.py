@@ -69,8 +69,8 @@ def test_prepare_writes_domains_and_batches_carry_them(sigma_job):
         assert set(doms) == {0, 1}, split
     batches = build_dataset(shard_files(job.data.output_dir, "train"), seq_length=32, batch_size=4, eod_id=EOD,
                             domains=True, shuffle=True, seed=1)
-    ids, pos, mask, dom = next(batches.create_tuple_iterator(output_numpy=True))
-    assert ids.shape == (4, 33) and pos.shape == (4, 32) and mask.shape == (4, 32, 32)
+    ids, pos, doc, dom = next(batches.create_tuple_iterator(output_numpy=True))
+    assert ids.shape == (4, 33) and pos.shape == (4, 32) and doc.shape == (4, 32)
     assert dom.shape == (4,) and dom.dtype == np.int32 and set(dom.tolist()) <= {0, 1}
 
 

@@ -13,6 +13,7 @@ from pangu_testing import tiny_model_config
 from pangu_ms.checkpoint.sigma import dense_to_sparse
 from pangu_ms.config import DomainConfig, ExpertsConfig
 from pangu_ms.data.dataset import eod_reset
+from pangu_ms.kernels.switch import KernelSpec, kernel_spec
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 from pangu_ms.models.pangu_sigma import PanguSigmaLM, RandomRoutedExperts, count_parameters, is_expert_parameter, \
     routing_table
@@ -48,7 +49,7 @@ def _layer_case(capacity_factor):
     ex = _experts(capacity_factor=capacity_factor)
     table = routing_table(ex, cfg.vocab_size, 1)
     ms.set_seed(3)
-    layer = RandomRoutedExperts(cfg, ex, table)
+    layer = RandomRoutedExperts(cfg, ex, table, KernelSpec())  # the reference ops
     rng = np.random.default_rng(0)
     for p in (layer.expert_b1, layer.expert_b2):  # non-zero biases [E, 1, n] so they are checked too
         p.set_data(Tensor(rng.normal(0, 0.1, p.shape).astype(np.float32)))
@@ -106,8 +107,8 @@ def test_routing_table_is_a_saved_untrained_parameter(tmp_path):
 def _batch(cfg, b=2, seed=0):
     rows = np.random.default_rng(seed).integers(0, cfg.vocab_size, (b, cfg.seq_length + 1)).astype(np.int32)
     rows[0, 5] = cfg.eod_id  # a document boundary inside a row
-    pos, mask = eod_reset(rows, cfg.eod_id)
-    return Tensor(rows[:, :-1]), Tensor(pos), Tensor(mask)
+    pos, doc = eod_reset(rows, cfg.eod_id)
+    return Tensor(rows[:, :-1]), Tensor(pos), Tensor(doc)
 
 
 def _dense_weights(lm):
@@ -122,14 +123,21 @@ def _load(lm, weights):
     ExpertsConfig(domains=[DomainConfig("all", 1)], num_sparse_layers=0),
     ExpertsConfig(domains=[DomainConfig("all", 1)], num_sparse_layers=3),
 ], ids=["no_sparse_layer", "one_expert_everywhere"])
-def test_no_sparse_layer_or_one_expert_is_pangu_alpha(tiny_lm, experts):
+@pytest.mark.parametrize("kernels", ["reference", "fused"])
+def test_no_sparse_layer_or_one_expert_is_pangu_alpha(tiny_lm, experts, kernels):
     cfg = tiny_lm.config
-    sigma = PanguSigmaLM(cfg, experts)
+    spec = kernel_spec(kernels, device="CPU")
+    if kernels == "fused":  # fails, never skips, when the C++ kernels are missing
+        assert spec.name != "reference", "model.kernels=fused fell back to the reference ops here"
+    dense = PanguAlphaLM(cfg, spec)
+    dense.set_train(False)
+    _load(dense, _dense_weights(tiny_lm))
+    sigma = PanguSigmaLM(cfg, experts, spec)
     sigma.set_train(False)
     _load(sigma, dense_to_sparse(_dense_weights(tiny_lm), cfg, experts))
-    ids, pos, mask = _batch(cfg)
-    want = tiny_lm(ids, pos, mask).asnumpy()
-    got = sigma(ids, pos, mask, Tensor(np.zeros(2, np.int32))).asnumpy()
+    ids, pos, doc = _batch(cfg)
+    want = dense(ids, pos, doc).asnumpy()
+    got = sigma(ids, pos, doc, Tensor(np.zeros(2, np.int32))).asnumpy()
     # bitwise: the one expert's batched matmul sums like the dense matmul (MindSpore 2.10 CPU)
     np.testing.assert_array_equal(got, want)
 

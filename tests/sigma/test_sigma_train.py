@@ -25,8 +25,8 @@ def _job(host: bool) -> JobConfig:
 def _batch(vocab, seq, tokens, domain):
     """Two rows of domain `domain` drawing their ids from `tokens` only (so few experts get any)."""
     rows = np.random.default_rng(3).choice(tokens, (2, seq + 1)).astype(np.int32)
-    pos, mask = eod_reset(rows, 8)
-    return Tensor(rows), Tensor(pos), Tensor(mask), Tensor(np.full(2, domain, np.int32))
+    pos, doc = eod_reset(rows, 8)
+    return Tensor(rows), Tensor(pos), Tensor(doc), Tensor(np.full(2, domain, np.int32))
 
 
 def _one_expert_tokens(net):

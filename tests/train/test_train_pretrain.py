@@ -130,8 +130,8 @@ def test_load_for_inference(setup):
     seq = TOY_MODEL["seq_length"]
     ids = ms.Tensor(np.full((1, seq), 20, np.int32))
     pos = ms.Tensor(np.arange(seq, dtype=np.int32)[None])
-    mask = ms.Tensor(np.tril(np.ones((1, seq, seq), np.float32)))
-    assert model(ids, pos, mask).shape == (seq, TOY_MODEL["vocab_size"])
+    doc = ms.Tensor(np.zeros((1, seq), np.int32))
+    assert model(ids, pos, doc).shape == (seq, TOY_MODEL["vocab_size"])
 
 
 def test_resume_with_another_data_layout_is_refused(setup, tmp_path):
