@@ -52,6 +52,7 @@ def sigma_plan_report(job: JobConfig, *, device: str = "910A", parallel: Paralle
     import mindspore as ms
     from mindspore import nn
 
+    from pangu_ms.kernels.switch import job_kernel_spec
     from pangu_ms.models.pangu_sigma import PanguSigmaWithLoss, count_parameters
     from pangu_ms.parallel.apply import parallelize
     from pangu_ms.parallel.memory import memory_report
@@ -68,9 +69,10 @@ def sigma_plan_report(job: JobConfig, *, device: str = "910A", parallel: Paralle
     validate(job.model, parallel, devices=parallel.devices, global_batch=job.train.global_batch_size,
              grad_accum_steps=job.train.grad_accum_steps, experts=job.experts)
     ms.set_device("CPU")
+    kernels = job_kernel_spec(job)  # the job's device and chip (Ascend: 910A or 910B), built on CPU
     with nn.utils.no_init_parameters():
-        model = PanguSigmaWithLoss(job.model, job.experts)
-    plan = plan_for(job.model, parallel, job.recompute, experts=job.experts)
+        model = PanguSigmaWithLoss(job.model, job.experts, kernels)
+    plan = plan_for(job.model, parallel, job.recompute, experts=job.experts, kernels=kernels)
     parallelize(model, plan, parallel)
     back = read_back(model)
     chosen = {k: (None if v is None else tuple(tuple(x) for x in v)) for k, v in read_strategies(model).items()}
@@ -100,7 +102,7 @@ def sigma_plan_report(job: JobConfig, *, device: str = "910A", parallel: Paralle
         return {"pool_total": total, "pool_total_gb": total / GB, "fits": spec.peak_tflops is None or total <= budget}
 
     return {
-        "config_family": job.family, "params": n_params, "devices": parallel.devices,
+        "config_family": job.family, "kernels": kernels.name, "params": n_params, "devices": parallel.devices,
         "mesh": {"dp": parallel.dp, "mp": parallel.mp, "ep": parallel.ep, "edp": parallel.edp, "pp": parallel.pp},
         "experts": {"per_layer": job.experts.num_experts, "per_device": job.experts.num_experts // parallel.ep,
                     "sparse_layers": job.experts.layer_indices(job.model.num_layers),

@@ -31,7 +31,8 @@ def report():
 
 def _golden_view(r: dict) -> dict:
     mem = r["memory"]
-    return {"config": "ascend_configs/runs/pangu_sigma_1085b_512p.yaml", "mesh": r["mesh"], "experts": r["experts"],
+    return {"config": "ascend_configs/runs/pangu_sigma_1085b_512p.yaml", "kernels": r["kernels"], "mesh": r["mesh"],
+            "experts": r["experts"],
             "params": r["params"], "loss_cell": r["loss_cell"], "all_to_all": r["all_to_all"],
             "per_device_elements": r["per_device_elements"],
             "memory_bytes": {"expert_state_on_device": mem["expert_state_on_device"]["pool_total"],
