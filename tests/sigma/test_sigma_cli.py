@@ -1,6 +1,7 @@
 """`sigma init / add-domain / remove-domain / extract` through the command line, on checkpoints
 on disk: each output is loaded as a model of its own and its logits are compared with the
-models it came from (the dense model, the other domains before the edit, the full model)."""
+models it came from (the dense model, the other domains before the edit, the full model).
+Every test runs once per `model.kernels` (the reference ops and the CPU's fused C++ kernels)."""
 from __future__ import annotations
 
 import json
@@ -21,8 +22,17 @@ from pangu_ms.models.pangu_alpha import PanguAlphaLM
 DOMAINS = [{"name": "news", "experts": 2}, {"name": "reviews", "experts": 3}]
 
 
-def _cfg():
-    return tiny_model_config(vocab_size=128)
+@pytest.fixture(scope="module", params=["reference", "fused"])
+def kernels(request):
+    if request.param == "fused":  # fails, never skips, when the C++ kernels are missing
+        from pangu_ms.kernels.switch import kernel_spec
+
+        assert kernel_spec("fused", device="CPU").name != "reference", "model.kernels=fused fell back to reference"
+    return request.param
+
+
+def _cfg(kernels="reference"):
+    return tiny_model_config(vocab_size=128, kernels=kernels)
 
 
 def _batch(cfg, b=3, seed=5):
@@ -43,9 +53,9 @@ def _cli(capsys, *argv) -> dict:
 
 
 @pytest.fixture(scope="module")
-def dense(tmp_path_factory):
+def dense(kernels, tmp_path_factory):
     """A dense tiny checkpoint on disk (random weights, non-zero biases) and its model."""
-    cfg = _cfg()
+    cfg = _cfg(kernels)
     ms.set_seed(21)
     lm = PanguAlphaLM(cfg)
     lm.set_train(False)
@@ -60,10 +70,10 @@ def dense(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sigma_yaml(tmp_path_factory):
-    cfg = _cfg()
+def sigma_yaml(kernels, tmp_path_factory):
+    cfg = _cfg(kernels)
     fields = {k: getattr(cfg, k) for k in ("vocab_size", "seq_length", "num_layers", "hidden_size",
-                                           "ffn_hidden_size", "num_heads", "dropout")}
+                                           "ffn_hidden_size", "num_heads", "dropout", "kernels")}
     p = tmp_path_factory.mktemp("cfg") / "sigma.yaml"
     p.write_text(yaml.safe_dump({"model": fields, "experts": {"num_sparse_layers": 2, "domains": DOMAINS}}))
     return p
@@ -76,9 +86,10 @@ def sigma_run(dense, sigma_yaml, tmp_path_factory):
     return out
 
 
-def test_init_equals_the_dense_model_for_every_domain(dense, sigma_run):
+def test_init_equals_the_dense_model_for_every_domain(dense, sigma_run, kernels):
     _, dense_lm = dense
     job, lm = load_sigma_lm(sigma_run)
+    assert job.model.kernels == kernels and lm.kernel_spec.name == dense_lm.kernel_spec.name
     assert job.experts.domain_names == ["news", "reviews"] and job.experts.num_experts == 5
     _, _, weights, _ = read_model(sigma_run)
     assert weights["lm.backbone.query_layer.ffn.expert_w1"].shape == (5, 32, 64)
