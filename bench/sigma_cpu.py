@@ -66,8 +66,8 @@ def per_domain_loss(loss_net, rows: np.ndarray, dom: np.ndarray, eod: int, names
         losses = []
         for i in range(0, len(r) - batch + 1, batch):
             b = r[i:i + batch]
-            pos, mask = eod_reset(b, eod)
-            args = [Tensor(b), Tensor(pos), Tensor(mask)] + ([Tensor(np.full(batch, d, np.int32))] if sigma else [])
+            pos, doc = eod_reset(b, eod)
+            args = [Tensor(b), Tensor(pos), Tensor(doc)] + ([Tensor(np.full(batch, d, np.int32))] if sigma else [])
             losses.append(float(loss_net(*args).asnumpy()))
         out[name] = float(np.mean(losses)) if losses else float("nan")
         out[f"{name}_rows"] = int(len(r))
@@ -151,9 +151,9 @@ def extract_check(rows: np.ndarray, dom: np.ndarray, eod: int) -> dict:
     _, full = load_sigma_lm(RUNS / "sigma")
     _, sub = load_sigma_lm(out)
     news = rows[dom == 0][:8]
-    pos, mask = eod_reset(news, eod)
+    pos, doc = eod_reset(news, eod)
     s = news.shape[1] - 1
-    args = [Tensor(news[:, :s]), Tensor(pos), Tensor(mask)]
+    args = [Tensor(news[:, :s]), Tensor(pos), Tensor(doc)]
     a = full(*args, Tensor(np.zeros(len(news), np.int32))).asnumpy()
     b = sub(*args, Tensor(np.zeros(len(news), np.int32))).asnumpy()
     return {"full_bytes": rep["source_bytes"], "news_bytes": rep["output_bytes"], "rows_compared": int(len(news)),
