@@ -20,7 +20,9 @@ not been run.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -257,10 +259,15 @@ def _save_cell(cell, path: Path, fmt: str, append: dict[str, int]) -> None:
     """MindSpore's per-rank save: the local slices under semi-auto parallel, no collective."""
     import mindspore as ms
 
-    if fmt == "ckpt":
-        ms.save_checkpoint(cell, str(path), integrated_save=False, append_dict=append, crc_check=True)
-    else:
-        ms.save_checkpoint(cell, str(path), integrated_save=False, append_dict=append, format="safetensors")
+    try:
+        if fmt == "ckpt":
+            ms.save_checkpoint(cell, str(path), integrated_save=False, append_dict=append, crc_check=True)
+        else:
+            ms.save_checkpoint(cell, str(path), integrated_save=False, append_dict=append, format="safetensors")
+    except Exception as exc:  # the safetensors writer reports a full disk as its own error type
+        if isinstance(exc, OSError) or not any(os.strerror(e) in str(exc) for e in (errno.ENOSPC, errno.EDQUOT)):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
 def load_file(path: Path) -> dict:
