@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -134,6 +135,10 @@ class Checkpointer:
             error = exc
         written = self.rank_sum([0.0 if error else 1.0])[0]  # the barrier: every rank has finished writing
         if error is not None:
+            if self.world == 1:  # nothing half-written stays behind (with more ranks: skipped as incomplete)
+                shutil.rmtree(writer.step_dir, ignore_errors=True)
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise error  # a full disk: the CLI's one line says so and how to resume
             raise CheckpointError(f"rank {self.rank} could not write {writer.step_dir}: {error}") from error
         if self.rank == 0:
             if written < self.world:

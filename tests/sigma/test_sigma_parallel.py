@@ -8,10 +8,11 @@ Regenerate the golden file after an intended change, then review the diff:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+
+from pangu_testing import golden_dumps, updating_golden
 
 from pangu_ms.config import DomainConfig, ExpertsConfig, ModelConfig, ParallelConfig, load_config
 from pangu_ms.errors import ConfigError
@@ -41,22 +42,10 @@ def _golden_view(r: dict) -> dict:
             "expert_parameters": {p["name"]: p["split"] for p in r["parameters"] if ".ffn.expert_" in p["name"]}}
 
 
-def _dumps(obj: dict) -> str:
-    lines, items = ["{"], list(obj.items())
-    for i, (key, value) in enumerate(items):
-        comma = "," if i < len(items) - 1 else ""
-        if isinstance(value, dict) and value:
-            rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()]
-            lines += [f" {json.dumps(key)}: {{", ",\n".join(rows), f" }}{comma}"]
-        else:
-            lines.append(f" {json.dumps(key)}: {json.dumps(value)}{comma}")
-    return "\n".join(lines + ["}"]) + "\n"
-
-
 def test_golden_512p_plan(report):
     got = json.loads(json.dumps(_golden_view(report)))
-    if os.environ.get("PANGU_UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text(_dumps(got), encoding="utf-8")
+    if updating_golden():
+        GOLDEN.write_text(golden_dumps(got), encoding="utf-8")
     want = json.loads(GOLDEN.read_text(encoding="utf-8"))
     for key in want:
         assert got[key] == want[key], f"'{key}' differs from {GOLDEN.name} (regenerate and review if intended)"
