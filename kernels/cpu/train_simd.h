@@ -180,6 +180,17 @@ inline float to_f32(f16 x) { return _cvtsh_ss(x); }
 inline void from_f32(float* p, float x) { *p = x; }
 inline void from_f32(f16* p, float x) { *p = _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT); }
 
+// e^r for |r| <= ln2 / 2 (what both exponentials below reduce to): its Taylor series to r^6
+inline vf vexp_taylor6(vf r) {
+  vf p = vset(1.0f / 720.0f);
+  p = vfma(p, r, vset(1.0f / 120.0f));
+  p = vfma(p, r, vset(1.0f / 24.0f));
+  p = vfma(p, r, vset(1.0f / 6.0f));
+  p = vfma(p, r, vset(0.5f));
+  p = vfma(p, r, vset(1.0f));
+  return vfma(p, r, vset(1.0f));
+}
+
 // e^x to about 2 ulp: x = n ln2 + r (Cody-Waite, |r| <= ln2 / 2), e^r by its degree-6 Taylor
 // polynomial, times 2^n. Inputs above 88 are clamped (e^88 = 1.7e38 < FLT_MAX: never inf);
 // below -87.3 the result is exactly 0 (so e^-inf = 0, as masked softmax entries need).
@@ -190,13 +201,7 @@ inline vf vexp(vf x) {
   const vf n = vround(vmul(xc, vset(1.44269504088896341f)));
   vf r = vfnma(n, vset(0.693359375f), xc);
   r = vfnma(n, vset(-2.12194440e-4f), r);
-  vf p = vset(1.0f / 720.0f);
-  p = vfma(p, r, vset(1.0f / 120.0f));
-  p = vfma(p, r, vset(1.0f / 24.0f));
-  p = vfma(p, r, vset(1.0f / 6.0f));
-  p = vfma(p, r, vset(0.5f));
-  p = vfma(p, r, vset(1.0f));
-  p = vfma(p, r, vset(1.0f));
+  const vf p = vexp_taylor6(r);
   return vzero_where_lt(vmul(p, vpow2i(n)), x, lo);
 }
 
@@ -208,13 +213,7 @@ inline vf vexp2(vf x) {
   xc = vmax(xc, lo);
   const vf n = vround(xc);
   const vf r = vmul(vsub(xc, n), vset(0.693147180559945309f));
-  vf p = vset(1.0f / 720.0f);
-  p = vfma(p, r, vset(1.0f / 120.0f));
-  p = vfma(p, r, vset(1.0f / 24.0f));
-  p = vfma(p, r, vset(1.0f / 6.0f));
-  p = vfma(p, r, vset(0.5f));
-  p = vfma(p, r, vset(1.0f));
-  p = vfma(p, r, vset(1.0f));
+  const vf p = vexp_taylor6(r);
   return vzero_where_lt(vmul(p, vpow2i(n)), x, lo);
 }
 
