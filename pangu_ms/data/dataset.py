@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from pangu_ms.data.shards import ROW_COLUMN, check_files
+from pangu_ms.data.shards import LOSS_MASK_COLUMN, ROW_COLUMN, check_files
 from pangu_ms.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _bind_seed(data, seed: int) -> None:
 def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id: int,
                   reset_at_eod: bool = True, shuffle: bool = True, seed: int = 0,
                   num_shards: int = 1, shard_id: int = 0, start_step: int = 0,
-                  drop_remainder: bool = True):
+                  drop_remainder: bool = True, loss_mask: bool = False):
     """A `mindspore.dataset.Dataset` over packed-row MindRecord shards.
 
     Yields per batch: `input_ids` int32 [B, S + 1], `position_id` int32 [B, S],
@@ -108,6 +108,8 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
             MindSpore repeats a few rows to even the shards out.
         start_step: batches to skip (counted across epochs) to resume exactly.
         drop_remainder: drop the last partial batch of each epoch.
+        loss_mask: also read the shards' `loss_mask` column (float32 [S], one weight per label,
+            written for PanGu-Coder's stage-2 rows) and yield it as a last column [B, S].
     """
     import mindspore.dataset as ds
 
@@ -118,7 +120,8 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
         raise DataError(f"batch_size={batch_size}, seq_length={seq_length}, start_step={start_step}: "
                         "batch_size and seq_length must be >= 1, start_step >= 0")
     ds.config.set_seed(seed)
-    data = ds.MindDataset(files, columns_list=[ROW_COLUMN],
+    columns = [ROW_COLUMN, LOSS_MASK_COLUMN] if loss_mask else [ROW_COLUMN]
+    data = ds.MindDataset(files, columns_list=columns,
                           shuffle=ds.Shuffle.GLOBAL if shuffle else False,
                           num_shards=num_shards if num_shards > 1 else None,
                           shard_id=shard_id if num_shards > 1 else None)
@@ -139,6 +142,8 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
 
     data = data.map(add_eod_columns, input_columns=[ROW_COLUMN],
                     output_columns=[ROW_COLUMN, "position_id", "attention_mask"])
+    if loss_mask:
+        data = data.project([ROW_COLUMN, "position_id", "attention_mask", LOSS_MASK_COLUMN])
     if start_step:
         data.set_init_step(start_step)
     _bind_seed(data, seed)

@@ -94,8 +94,12 @@ def pack_rows(docs: list[list[int]], seq_length: int, eod_id: int, *,
                   "tail_tokens_dropped": int(tail if pad_id is None else 0), "pad_tokens": int(padded)}
 
 
-def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: int) -> list[str]:
+def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: int,
+                 columns: dict[str, np.ndarray] | None = None) -> list[str]:
     """Write rows as `<out_dir>/<split>/<split>.mindrecord<k>` through a temporary directory.
+
+    `columns` adds per-row arrays ([N, ...] int32 or float32, e.g. stage-2 code rows'
+    `loss_mask` and `pair_id`) as columns of their own next to `input_ids`.
 
     The old `<split>` directory is replaced only after every new shard is committed, so an
     interrupted run leaves either the old complete set or a `.tmp-*` directory, never a
@@ -105,6 +109,12 @@ def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: 
 
     if len(rows) == 0:
         raise DataError(f"no {split} rows to write")
+    columns = columns or {}
+    schema = row_schema(rows.shape[1] - 1)
+    for name, arr in columns.items():
+        if len(arr) != len(rows):
+            raise DataError(f"column {name!r} has {len(arr)} rows, {split} has {len(rows)}")
+        schema[name] = {"type": "float32" if arr.dtype.kind == "f" else "int32", "shape": list(arr.shape[1:])}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in list(out.glob(f".tmp-{split}-*")) + list(out.glob(f".old-{split}-*")):
@@ -118,10 +128,12 @@ def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: 
             writer = FileWriter(str(tmp / f"{split}.mindrecord{s}"), shard_num=1, overwrite=True)
             writer.set_header_size(1 << 16)
             writer.set_page_size(1 << 22)
-            writer.add_schema(row_schema(rows.shape[1] - 1), f"pangu_ms {split} rows")
-            block = rows[bounds[s]:bounds[s + 1]]
-            for i in range(0, len(block), 4096):
-                writer.write_raw_data([{ROW_COLUMN: r} for r in block[i:i + 4096]])
+            writer.add_schema(schema, f"pangu_ms {split} rows")
+            lo, hi = bounds[s], bounds[s + 1]
+            for i in range(lo, hi, 4096):
+                j = min(hi, i + 4096)
+                extra = [{name: arr[k] for name, arr in columns.items()} for k in range(i, j)]
+                writer.write_raw_data([{ROW_COLUMN: rows[k], **extra[k - i]} for k in range(i, j)])
             writer.commit()
         final = out / split
         if final.exists():
