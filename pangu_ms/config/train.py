@@ -40,6 +40,10 @@ class TrainConfig:
     """held-out batches per evaluation."""
     log_every: int = 10
     """metrics log line every this many steps."""
+    init_from: str = ""
+    """start from the model weights of the newest complete checkpoint under this path (a run, its
+    checkpoints/ or one step dir), e.g. PanGu-Coder's stage 2 from stage 1: the optimizer state,
+    step count and data position start fresh. Empty: random init. `--resume` takes precedence."""
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -76,6 +76,14 @@ def token_counts(files: list[str], vocab_size: int) -> np.ndarray:
     return counts
 
 
+def uses_loss_mask(job: JobConfig) -> bool:
+    """True when prepare wrote a `loss_mask` column (PanGu-Coder stage 2): the loss is then the
+    mask-weighted mean (`PanguAlphaWithMaskedLoss`) and every batch carries the mask."""
+    from pangu_ms.data.shards import LOSS_MASK_COLUMN, read_manifest
+
+    return LOSS_MASK_COLUMN in read_manifest(job.data.output_dir).get("columns", [])
+
+
 class _Evaluator:
     """Mean held-out loss over the first `eval_batches` held-out batches (fixed, cached)."""
 
@@ -85,7 +93,7 @@ class _Evaluator:
         self.network = network
         data = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size,
                              eod_id=job.model.eod_id, reset_at_eod=job.data.reset_at_eod, shuffle=False,
-                             drop_remainder=True)
+                             drop_remainder=True, loss_mask=uses_loss_mask(job))
         it = data.create_tuple_iterator(num_epochs=1, output_numpy=False)
         self.batches = [tuple(b) for _, b in zip(range(job.train.eval_batches), it)]
 
@@ -134,6 +142,9 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
         _check_same_data_layout(state.meta, sharding, trainer.accum_steps)
         pos = _Position(state.step, state.data_step, state.tokens_seen)
         log.write("resume", step=pos.step, path=str(state.path))
+    elif job.train.init_from:
+        src = ckpt.init_weights(net, job.train.init_from, job)
+        log.write("init", path=str(src), weights_crc32=weights_digest(net))
     batches = _train_batches(job, train_files, trainer.accum_steps, pos.data_step, **sharding)
     evaluator = None
     if job.train.eval_every > 0 and job.data.heldout_fraction > 0:
@@ -165,16 +176,21 @@ def _check_same_data_layout(meta: dict[str, Any], sharding: dict[str, int], accu
 
 def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
     """(loss network, trainer, dataset sharding) for the parallel mode in use."""
-    from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
+    from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss, PanguAlphaWithMaskedLoss
     from pangu_ms.parallel import parallelize_job
     from pangu_ms.train.step import Trainer
 
+    masked = uses_loss_mask(job)
     if info.mode == "semi_auto_parallel":  # built without weights; each data-parallel rank reads 1/dp
         from pangu_ms.train.ascend import build_ascend_trainer, data_sharding
 
+        if masked:
+            raise ConfigError(f"{job.data.output_dir} holds loss-masked rows (code.stage=code_clm); the Ascend "
+                              "semi-auto-parallel step takes no loss_mask input yet: train stage 2 without "
+                              "semi-auto parallel (parallel.dp only)")
         net, trainer = build_ascend_trainer(job, info)
         return net, trainer, data_sharding(job, info)
-    net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
+    net = parallelize_job((PanguAlphaWithMaskedLoss if masked else PanguAlphaWithLoss)(job.model), job, info)
     optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
     trainer = Trainer(net, optimizer, job.optimizer, accum_steps=job.train.grad_accum_steps)
     return net, trainer, dict(batch_size=micro_batch_size(job, info.dp_size), num_shards=info.dp_size,
@@ -188,7 +204,8 @@ def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int
 
     dataset = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size, eod_id=job.model.eod_id,
                             reset_at_eod=job.data.reset_at_eod, shuffle=job.data.shuffle, seed=job.run.seed,
-                            num_shards=num_shards, shard_id=shard_id, start_step=start_step)
+                            num_shards=num_shards, shard_id=shard_id, start_step=start_step,
+                            loss_mask=uses_loss_mask(job))
     per_epoch = dataset.get_dataset_size()
     # set_init_step(k) makes the iterator yield only the epochs from k's epoch on
     epochs = math.ceil(job.train.steps * accum / per_epoch) + 1
