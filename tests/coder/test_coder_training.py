@@ -225,10 +225,11 @@ def _pretrain(config: Path, *args: str) -> subprocess.CompletedProcess:
 def _run_config(path: Path, job, run_dir: Path, **train) -> Path:
     tree = {"model": TINY, "tokenizer": {"kind": "code", "normalization": "identity", "path": job.tokenizer.path},
             "data": {"output_dir": job.data.output_dir, "sources": [{"name": job.data.sources[0].name}]},
-            "code": {"stage": job.code.stage, "decontaminate": False, "heldout_fraction": 0.0},
+            "code": {"stage": job.code.stage, "decontaminate": False, "heldout_fraction": job.code.heldout_fraction},
             "optimizer": {"lr": 3e-3, "min_lr": 3e-4}, "schedule": {"warmup_steps": 1},
             "checkpoint": {"every_steps": 10, "keep_last": 1},
-            "train": {"steps": 3, "global_batch_size": 2, "eval_every": 0, "log_every": 1, **train},
+            "train": {"steps": 3, "global_batch_size": 1, "eval_every": 2, "eval_batches": 1, "log_every": 1,
+                      **train},
             "run": {"output_dir": str(run_dir), "seed": 5}}
     path.write_text(yaml.safe_dump(tree), encoding="utf-8")
     return path
@@ -245,8 +246,9 @@ def test_stage2_starts_from_stage1_through_pretrain(tmp_path, code_tokenizer_dir
     import shutil
 
     shutil.copytree(code_tokenizer_dir, tok_dir)
-    job1 = code_job(tmp_path, tok_dir, "data1")
-    job2 = code_job(tmp_path, tok_dir, "data2", "code.stage=code_clm")
+    split = "code.heldout_fraction=0.45"  # with code.split_seed 0: b.py is held out, a.py trains
+    job1 = code_job(tmp_path, tok_dir, "data1", split)
+    job2 = code_job(tmp_path, tok_dir, "data2", "code.stage=code_clm", split)
     prepare(job1)
     prepare(job2)
     one = _pretrain(_run_config(tmp_path / "s1.yaml", job1, tmp_path / "stage1"))
@@ -261,8 +263,18 @@ def test_stage2_starts_from_stage1_through_pretrain(tmp_path, code_tokenizer_dir
     s2 = json.loads((tmp_path / "stage2" / "summary.json").read_text())
     assert s2["steps"] == 2 and np.isfinite(s2["final_train_loss"]) and s2["weights_crc32"] != s1["weights_crc32"]
     # the checkpoint carries its code tokenizer: loading it gives the code kind back
-    _, _, tok = load_for_inference(tmp_path / "stage2")
+    job, lm, tok = load_for_inference(tmp_path / "stage2")
     assert isinstance(tok, CodeTokenizer)
+    # held-out code loss two ways: the training loop's masked loss network, and the eval runner's
+    # scorer over the held-out pair rows of data2 counting the masked labels only
+    from pangu_ms.eval.runner import evaluate
+    from pangu_ms.eval.tasks import TaskConfig
+
+    heldout = [e for e in events if e["kind"] == "eval"][-1]
+    assert heldout["step"] == 2
+    got = evaluate(TaskConfig(name="pairs", type="perplexity", dataset=str(tmp_path / "data2")), job, lm, tok)
+    assert got["masked"] and got["tokens"] == len(tok.encode(CODE["join_all"])) + 1
+    assert got["loss"] == pytest.approx(heldout["heldout_loss"], rel=1e-4)
     # a stage-2 start from a checkpoint of another shape, or of another tokenizer, is one clear error
     from pangu_ms.errors import CheckpointError
     from pangu_ms.models.pangu_alpha import PanguAlphaWithMaskedLoss
