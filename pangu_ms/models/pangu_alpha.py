@@ -267,12 +267,9 @@ class CrossEntropy(nn.Cell):
         self.softmax_minus_onehot = P.SparseSoftmaxCrossEntropyWithLogits(is_grad=True)
         self.zeros_like = P.ZerosLike()
 
-    def weights(self, labels, loss_mask=None):
-        """labels [T] (and loss_mask [T] fp32) -> per-token weights w_t / sum(w) [T], w_t = (label_t != pad)
-        * mask_t (0 on padding and where the mask is 0)."""
+    def weights(self, labels):
+        """labels [T] -> per-token weights w_t / sum(w) [T] (0 on padding)."""
         w = self.cast(self.not_pad(labels, self.pad_id), ms.float32)  # [T]
-        if loss_mask is not None:
-            w = w * loss_mask
         return w / w.sum().clip(1.0, None)
 
     def construct(self, logits, labels):
@@ -285,25 +282,6 @@ class CrossEntropy(nn.Cell):
         grad = self.softmax_minus_onehot(logits, labels)  # [T, V], (softmax - onehot) / T
         scale = (self.weights(labels) * (t * dout)).reshape(-1, 1)  # [T, 1]
         return grad * scale, self.zeros_like(labels)
-
-
-class MaskedCrossEntropy(CrossEntropy):
-    """`CrossEntropy` weighted by a per-label mask: logits [T, V], labels [T], loss_mask [T] fp32 -> [].
-
-    loss = sum_t m_t nll_t / sum_t m_t over labels that are not pad (CODE-CLM: m is 1 on code
-    tokens and `<eot>`, 0 on the docstring). A label with m_t = 0 gets no gradient.
-    """
-
-    def construct(self, logits, labels, loss_mask):
-        logp = self.log_softmax(logits)  # [T, V]
-        nll = -self.gather(logp, 1, labels.reshape(-1, 1)).reshape(-1)  # [T]
-        return (nll * self.weights(labels, loss_mask)).sum()
-
-    def bprop(self, logits, labels, loss_mask, out, dout):
-        t = logits.shape[0]
-        grad = self.softmax_minus_onehot(logits, labels)  # [T, V], (softmax - onehot) / T
-        scale = (self.weights(labels, loss_mask) * (t * dout)).reshape(-1, 1)  # [T, 1]
-        return grad * scale, self.zeros_like(labels), self.zeros_like(loss_mask)
 
 
 class VocabParallelCrossEntropy(nn.Cell):
@@ -330,14 +308,12 @@ class VocabParallelCrossEntropy(nn.Cell):
         self.not_pad = P.NotEqual()
         self.cast = P.Cast()
 
-    def construct(self, logits, labels, loss_mask=None):
+    def construct(self, logits, labels):
         shifted = self.sub(logits, ops.stop_gradient(self.max(logits, -1)))  # [T, V]
         logp = self.log_sub(shifted, self.log(self.sum(self.exp(shifted), -1)))  # [T, V]
         hot = self.one_hot(labels, self.vocab_size, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
         nll = -self.label_sum(self.pick(logp, hot), -1)  # [T]
         w = self.cast(self.not_pad(labels, self.pad_id), ms.float32)  # [T]
-        if loss_mask is not None:
-            w = w * loss_mask
         return (nll * w).sum() / w.sum().clip(1.0, None)
 
 
@@ -359,20 +335,26 @@ class PanguAlphaWithLoss(nn.Cell):
 
 
 class PanguAlphaWithMaskedLoss(PanguAlphaWithLoss):
-    """`PanguAlphaWithLoss` with a fourth input, loss_mask fp32 [B, S] aligned with the labels
-    ids[:, 1:]: the loss is the mask-weighted mean (`MaskedCrossEntropy`). Same parameters and
-    names as `PanguAlphaWithLoss`, so checkpoints move between the two."""
+    """`PanguAlphaWithLoss` with a fourth input, loss_mask fp32 [B, S] of 0/1 flags aligned with
+    the labels ids[:, 1:] (PanGu-Coder's CODE-CLM: 1 on code tokens and `<eot>`).
+
+    A label whose flag is 0 is scored as padding, so the loss is the mean NLL over the flagged
+    labels and the others get no gradient, whichever loss cell is in place (fused, vocab-parallel).
+    Same parameters and names as `PanguAlphaWithLoss`: checkpoints move between the two.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.loss = MaskedCrossEntropy(cfg)
+        self.select = P.Select()
 
     def construct(self, input_ids, position_ids, attention_mask, loss_mask):
         s = self.config.seq_length
         tokens = input_ids[:, :s]  # [B, S]
         labels = input_ids[:, 1:].reshape(-1)  # [T]
+        pad = ops.ones_like(labels) * self.config.pad_id  # [T]
+        labels = self.select(loss_mask.reshape(-1) > 0, labels, pad)  # [T]: unflagged labels -> pad
         logits = self.lm(tokens, position_ids, attention_mask)  # [T, V]
-        return self.loss(logits, labels, loss_mask.reshape(-1))
+        return self.loss(logits, labels)
 
 
 def count_parameters(cfg: ModelConfig) -> int:

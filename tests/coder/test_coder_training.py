@@ -140,27 +140,6 @@ def _np_loss(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray, pad: int)
     return float(-(logp[np.arange(len(labels)), labels] * w).sum() / max(w.sum(), 1.0))
 
 
-def test_masked_cross_entropy_matches_numpy_and_autodiff():
-    from pangu_ms.models.pangu_alpha import MaskedCrossEntropy, VocabParallelCrossEntropy
-
-    cfg = ModelConfig(vocab_size=50, seq_length=8, num_layers=2, hidden_size=16, ffn_hidden_size=32, num_heads=2)
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(24, 50)).astype(np.float32)
-    labels = rng.integers(0, 50, 24).astype(np.int32)
-    labels[:3] = cfg.pad_id
-    mask = (rng.random(24) < 0.6).astype(np.float32)
-    mask[5] = 0.5  # a weight, not only a flag
-    ref = _np_loss(logits, labels, mask, cfg.pad_id)
-    for cell in (MaskedCrossEntropy(cfg), VocabParallelCrossEntropy(cfg)):
-        got = float(cell(Tensor(logits), Tensor(labels), Tensor(mask)).asnumpy())
-        assert got == pytest.approx(ref, rel=1e-5)
-    # hand-written backward against autodiff of the vocab-parallel form
-    fast = ms.grad(MaskedCrossEntropy(cfg))(Tensor(logits), Tensor(labels), Tensor(mask)).asnumpy()
-    auto = ms.grad(VocabParallelCrossEntropy(cfg))(Tensor(logits), Tensor(labels), Tensor(mask)).asnumpy()
-    np.testing.assert_allclose(fast, auto, atol=1e-6)
-    assert np.all(fast[mask == 0] == 0) and np.abs(fast[mask > 0]).sum() > 0
-
-
 class _Grads(ms.nn.Cell):
     def __init__(self, net):
         super().__init__()
@@ -181,6 +160,7 @@ def test_masked_loss_network_ignores_masked_tokens():
     net = PanguAlphaWithMaskedLoss(cfg)
     rng = np.random.default_rng(1)
     rows = rng.integers(10, 64, (2, 17)).astype(np.int32)
+    rows[1, 7] = cfg.pad_id  # a padding label inside the flagged part: never scored either
     mask = np.ones((2, 16), np.float32)
     mask[0, :4] = 0  # a docstring: labels 0-3 are inputs of later positions but never targets
     mask[:, 11:] = 0  # a masked tail: ids 12..16 are labels 11..15, inputs only of masked positions
