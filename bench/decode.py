@@ -107,7 +107,6 @@ def run_recompute(lm, cfg, prompts, n_new: int, repeats: int, bucket: int) -> di
 
     b = len(prompts)
     limit = len(prompts[0]) + n_new
-    tril = np.tril(np.ones((cfg.seq_length, cfg.seq_length), np.float32))
 
     def go():
         seqs = np.array(prompts, np.int32)
@@ -117,8 +116,8 @@ def run_recompute(lm, cfg, prompts, n_new: int, repeats: int, bucket: int) -> di
             ids = np.full((b, s), cfg.pad_id, np.int32)
             ids[:, :n] = seqs
             pos = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s))
-            mask = np.broadcast_to(tril[:s, :s], (b, s, s))
-            logits = lm(Tensor(ids), Tensor(np.ascontiguousarray(pos)), Tensor(np.ascontiguousarray(mask)))
+            doc = np.zeros((b, s), np.int32)  # one document per row: causal
+            logits = lm(Tensor(ids), Tensor(np.ascontiguousarray(pos)), Tensor(doc))
             nxt = logits.asnumpy().reshape(b, s, -1)[:, n - 1].argmax(-1).astype(np.int32)
             seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
         assert seqs.shape[1] == limit

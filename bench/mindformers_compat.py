@@ -66,8 +66,8 @@ def ours(args, work: Path) -> tuple[Path, Path]:
     ckpt = export_weights("mindformers", work / "ours", work / "mf.ckpt")
     ids = rng.integers(10, args.vocab, (1, args.seq)).astype(np.int32)
     pos = np.arange(args.seq, dtype=np.int32)[None]
-    mask = np.tril(np.ones((1, args.seq, args.seq), np.float32))
-    logits = lm(ms.Tensor(ids), ms.Tensor(pos), ms.Tensor(mask)).asnumpy()  # [S, V]
+    doc = np.zeros((1, args.seq), np.int32)  # one document: a plain causal mask
+    logits = lm(ms.Tensor(ids), ms.Tensor(pos), ms.Tensor(doc)).asnumpy()  # [S, V]
     npz = work / "ours.npz"
     np.savez(npz, ids=ids, logits=logits, shape=np.array([args.layers, args.hidden, args.heads, args.ffn,
                                                           args.vocab, args.seq]))

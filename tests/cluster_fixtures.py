@@ -1,7 +1,6 @@
-"""Cluster and launcher test fixtures (loaded by tests/conftest.py as a plugin): a toy run config, fake prepared data and rank tables built from fixtures."""
+"""Cluster and launcher test fixtures (loaded by tests/conftest.py as a plugin): a toy run config, small prepared data and rank tables built from fixtures."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -27,11 +26,11 @@ def write_config(path: Path, data_dir: Path, out_dir: Path, *, dp: int = 1, batc
 
 
 def fake_prepared(out: Path) -> Path:
-    """Files that satisfy the data check (manifest + one train shard name); not readable data."""
-    (out / "train").mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps({"fake": True}))
-    (out / "train" / "train.mindrecord0").write_bytes(b"")
-    return out
+    """Small real shards and manifest for the toy model (what the pre-flight data check reads)."""
+    from toy_data import write_prepared
+
+    return write_prepared(out, seq_length=TOY_MODEL["seq_length"], vocab_size=TOY_MODEL["vocab_size"],
+                          train_rows=32, heldout_rows=8)
 
 
 @pytest.fixture()

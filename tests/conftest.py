@@ -22,6 +22,8 @@ os.environ.setdefault("MS_COMPILER_CACHE_PATH", str(ROOT / "build" / "ms_compile
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
 import mindspore as ms  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
 
 from pangu_testing import LM_SEQ, tiny_lm_model, tiny_model_config  # noqa: E402
 from pangu_ms.config import ModelConfig  # noqa: E402
@@ -30,6 +32,13 @@ pytest_plugins = ["cluster_fixtures"]
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
+
+# Property-based tests (hypothesis) set max_examples and deadline per test. Under CI the
+# examples are derandomized (the same inputs every run, nothing saved); locally failing
+# examples are kept in build/hypothesis and replayed first. HYPOTHESIS_PROFILE picks one.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", database=DirectoryBasedExampleDatabase(str(ROOT / "build" / "hypothesis")))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture(scope="session")

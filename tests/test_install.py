@@ -3,8 +3,9 @@
 Builds a wheel from the checkout, checks what it holds (kernel sources, the built-in configs,
 every subpackage of the tree), installs it without `-e` into a fresh virtual environment (the
 dependencies come from this venv through a path entry, so nothing is downloaded) and runs the
-kernel and task tests there against the installed copy, with the kernels compiled afresh from
-the wheel's sources into an empty cache.
+kernel tests, the fused-model tests (`model.kernels: fused` must get the C++ training kernels
+and equal the reference) and the task tests there against the installed copy, with the kernels
+compiled afresh from the wheel's sources into an empty cache.
 """
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ def test_installed_package_passes_the_kernel_and_task_tests(wheel, tmp_path):
                            capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout.split()
     assert all(w.startswith(str(site)) for w in where), where  # the installed copy, not the checkout
     run = subprocess.run([str(py), "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
-                          str(ROOT / "tests" / "kernels"), f"{ROOT / 'tests' / 'eval' / 'test_eval_scoring.py'}"
-                          "::test_task_yaml_and_errors"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+                          str(ROOT / "tests" / "kernels"), str(ROOT / "tests" / "models" / "test_models_fused.py"),
+                          f"{ROOT / 'tests' / 'eval' / 'test_eval_scoring.py'}::test_task_yaml_and_errors"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert list((tmp_path / "kernel_cache").glob("*.so")), "the kernels were not built from the installed sources"
+    built = {p.name.split("_")[0] for p in (tmp_path / "kernel_cache").glob("*.so")}
+    assert {"gemv", "training"} <= built, f"kernels not built from the installed sources: {built}"

@@ -215,7 +215,8 @@ def plan_parameters(model_cfg, parallel) -> dict[str, ParamPlan]:
 
     with nn.utils.no_init_parameters():
         model = PanguAlphaWithLoss(model_cfg)
-    parallelize(model, plan_for(model_cfg, parallel), parallel)
+    # the plan for the kernels the model was built with (parameter names are the same for all)
+    parallelize(model, plan_for(model_cfg, parallel, kernels=model.kernel_spec), parallel)
     chosen = {k: (None if v is None else tuple(tuple(x) for x in v)) for k, v in read_strategies(model).items()}
     rows = parameter_table(model, chosen, read_stages(model), read_shared(model), parallel)
     return {r["name"]: ParamPlan(tuple(r["shape"]), tuple(r["split"]), tuple(r["stages"])) for r in rows}

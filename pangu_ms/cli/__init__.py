@@ -8,6 +8,7 @@ only light dependencies at top level so `--help` stays fast; MindSpore is import
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -80,3 +81,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"error: {disk_full_message(args.command, exc, full)}", file=sys.stderr)
+        return 2
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: OSError) -> str | None:
+    """'' or the file being written if `exc` is a full filesystem (or quota); None otherwise.
+    `shutil.copytree` reports its failures as one `shutil.Error` listing (src, dst, reason)."""
+    if exc.errno in _FULL:
+        return str(exc.filename or "")
+    import shutil
+
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        for entry in exc.args[0]:
+            if len(entry) == 3 and any(os.strerror(e) in str(entry[2]) for e in _FULL):
+                return str(entry[1])
+    return None
+
+
+def disk_full_message(command: str, exc: OSError, path: str = "") -> str:
+    """One line for a write that failed because the filesystem (or quota) is full."""
+    where = f" writing {path}" if path else ""
+    resume = "; then continue with --resume RUN_DIR" if command == "pretrain" else ""
+    return (f"{command}: no space left on the device{where} ({os.strerror(errno.ENOSPC)}): free space and run it again{resume} "
+            "(checkpoints and shards are renamed into place only when complete, so the last complete ones are intact)")

@@ -77,12 +77,33 @@ def _train_code(args) -> int:
     return 0
 
 
+def _stdin_lines():
+    """(line number, text) of each stdin line, decoded as UTF-8 strictly: invalid bytes are a
+    DataError naming the line and the byte, not a traceback from the SentencePiece binding."""
+    from pangu_ms.errors import DataError
+
+    binary = getattr(sys.stdin, "buffer", None)
+    for n, raw in enumerate(binary if binary is not None else sys.stdin, 1):
+        try:
+            if isinstance(raw, bytes):
+                text = raw.decode("utf-8")
+            else:  # a text stream: lone surrogates stand for undecodable bytes
+                text = raw
+                raw.encode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+            bad = exc.object[exc.start]
+            shown = f"byte 0x{bad:02x}" if isinstance(bad, int) else f"{bad!r}"
+            raise DataError(f"stdin line {n}: not valid UTF-8 ({shown} at column {exc.start + 1}): the tokenizer "
+                            "reads UTF-8 text; convert the input first, e.g. `iconv -f GB18030 -t UTF-8`") from None
+        yield n, text.rstrip("\r\n") if text.endswith("\r\n") else text.rstrip("\n")
+
+
 def _encode(args) -> int:
     from pangu_ms.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    for line in sys.stdin:
-        ids = tok.encode(line.rstrip("\n"))
+    for _, line in _stdin_lines():
+        ids = tok.encode(line)
         print(json.dumps(ids))
         if args.pieces:
             print(json.dumps([tok.id_to_piece(i) for i in ids], ensure_ascii=False))
@@ -94,7 +115,7 @@ def _decode(args) -> int:
     from pangu_ms.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    for n, line in enumerate(sys.stdin, 1):
+    for n, line in _stdin_lines():
         if not line.strip():
             continue
         try:

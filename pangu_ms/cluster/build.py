@@ -20,7 +20,7 @@ def device_ips(ids: list[int], *, ips: str | None = None, hccn_tool_output: str 
         text = Path(hccn_tool_output)
         if not text.is_file():
             raise RankTableError(f"hccn_tool output file not found: {text}")
-        return sources.parse_hccn_tool_output(text.read_text(encoding="utf-8"), ids, str(text))
+        return sources.parse_hccn_tool_output(text.read_text(encoding="utf-8", errors="replace"), ids, str(text))
     if hccn_tool:
         return sources.ips_from_hccn_tool(ids)
     if hccn_conf:

@@ -11,16 +11,16 @@ in order:
 3. the number of ranks (table ranks, or msrun workers) equals the config's dp*mp*pp (a config
    left at dp=mp=pp=1 runs N-way data parallel, as `pretrain` does);
 4. the parallel layout fits the model and batch (`pangu_ms.parallel.validate`);
-5. the prepared training data exists (`pangu_ms.data.shards.shard_files`).
+5. the prepared data exists and matches its manifest: every listed shard has a readable
+   MindRecord header with rows of `seq_length + 1` ids, and the row counts add up (`check_data`).
 
 It returns what to start on this machine, or raises a `PanguError` naming the problem;
 `python -m pangu_ms preflight` turns that into the lines the shell scripts read.
 """
 from __future__ import annotations
 
-import glob
+import json
 import logging
-import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,18 +93,69 @@ def warn_if_not_local(server_id: str, server_index: int) -> None:
 
 
 def check_data(job: JobConfig) -> str:
-    """The training shards `prepare` wrote under data.output_dir exist."""
-    out = job.data.output_dir
+    """The data `prepare` wrote under data.output_dir is complete and is what its manifest says:
+    every shard the manifest lists exists and has a readable MindRecord header whose rows are
+    `model.seq_length + 1` ids, no unlisted shard sits beside them (the readers take every
+    `<split>.mindrecord<k>`), and the rows per split add up to the manifest's count."""
+    from pangu_ms.data.shards import MANIFEST, SPLITS, read_manifest, shard_files
+
+    out = Path(job.data.output_dir)
+    files = shard_files(out, "train")  # no manifest or no shards: the "run prepare first" error
+    fix = f"re-run `python -m pangu_ms prepare --config ...` for {out}"
     try:
-        from pangu_ms.data.shards import shard_files
-    except ImportError:
-        files = sorted(f for f in glob.glob(os.path.join(out, "train", "train.mindrecord*")) if not f.endswith(".db"))
-        if not files:
-            raise DataError(f"no training shards in {os.path.join(out, 'train')}: "
-                            "run `python -m pangu_ms prepare --config ...` first") from None
-    else:
-        files = shard_files(out, "train")
-    return f"data: {len(files)} training shard(s) in {out}"
+        manifest = read_manifest(out)
+    except ValueError as exc:  # not JSON
+        raise DataError(f"{out / MANIFEST}: unreadable ({str(exc).splitlines()[0]}); {fix}") from None
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict) or not isinstance(splits.get("train"), dict):
+        raise DataError(f"{out / MANIFEST}: lists no train split (not written by this version's prepare?); {fix}")
+    row_length = job.model.seq_length + 1
+    counts = []
+    for split in (s for s in SPLITS if s in splits):
+        entry = splits[split]
+        listed = entry.get("files") if isinstance(entry, dict) else None
+        if not isinstance(listed, list) or not listed or not isinstance(entry.get("rows"), int):
+            raise DataError(f"{out / MANIFEST}: split {split!r} has no file list and row count; {fix}")
+        present = {str(Path(f).relative_to(out)) for f in (shard_files(out, split) if split != "train" else files)}
+        extra = sorted(present - {str(Path(f)) for f in listed})
+        if extra:
+            raise DataError(f"{out / extra[0]} is not in {MANIFEST} (left by another prepare run?): the readers "
+                            f"would train on it; delete it or {fix}")
+        rows = {f: _shard_rows(out / f, row_length, fix) for f in listed}
+        if sum(rows.values()) != entry["rows"]:
+            found = ", ".join(f"{Path(f).name}: {n}" for f, n in rows.items())
+            raise DataError(f"{out / MANIFEST} lists {entry['rows']} {split} rows but the shards hold "
+                            f"{sum(rows.values())} ({found}): the shards and the manifest do not match; {fix}")
+        counts.append(f"{split} {entry['rows']} rows in {len(listed)} shard(s)")
+    return f"data: {', '.join(counts)} of {row_length} ids in {out}, as the manifest says"
+
+
+def _shard_rows(path: Path, row_length: int, fix: str) -> int:
+    """Rows stored in one MindRecord shard file, from its header (no MindSpore import): the
+    file starts with the header's byte length (uint64, little endian) and the header as JSON."""
+    if not path.is_file():
+        raise DataError(f"{path}: listed in the manifest but missing; {fix}")
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path} is empty (0 bytes): an interrupted copy or prepare; {fix}")
+    try:
+        with path.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= min(size - 8, 1 << 26):
+                raise ValueError(f"header length {length} does not fit a file of {size} bytes")
+            header = json.loads(f.read(length).decode("utf-8"))
+        schema = header["schema"][0]["schema"]
+        shape = schema["input_ids"]["shape"]
+        rows = sum(p["end_row_id"] - p["start_row_id"] for p in header["page"] if p["page_type"] == "BLOB_DATA")
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable MindRecord shard ({exc}); {fix}") from None
+    if shape != [row_length]:
+        raise DataError(f"{path} holds rows of {shape} ids but model.seq_length={row_length - 1} needs "
+                        f"[{row_length}]: use the config the data was prepared with, or {fix}")
+    index = path.with_name(path.name + ".db")
+    if not index.is_file() or index.stat().st_size == 0:
+        raise DataError(f"{index}: the shard's index file is missing or empty; {fix}")
+    return rows
 
 
 def preflight(*, config: str, overrides: list[str] | None = None, rank_table: str | None = None,

@@ -83,8 +83,15 @@ class RankTable:
 # --------------------------------------------------------------------------- checks
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes '²' or '٣', which int() refuses or misreads)."""
+    return text.isascii() and text.isdecimal()
+
+
 def check_ip(value: str, what: str) -> str:
     """Return `value` if it is a usable IPv4 address, else raise naming `what` and the value."""
+    if not isinstance(value, str):
+        raise RankTableError(f"{what}: {value!r} is not a valid IPv4 address (expected a string like '192.168.1.6')")
     hint = ""
     if value.strip() in ("-.-.-.-", ""):
         hint = (" (hccn_tool shows -.-.-.- for a device whose NIC has no address: set one with "
@@ -103,7 +110,7 @@ def check_server_id(value: str, what: str = "server_id") -> str:
     value = str(value).strip()
     if not value:
         raise RankTableError(f"{what} is empty: pass this server's IP address")
-    if all(part.isdigit() for part in value.split(".")):  # looks like an IPv4 address
+    if all(is_decimal(part) for part in value.split(".")):  # looks like an IPv4 address
         if value.startswith("127."):
             raise RankTableError(
                 f"{what} {value} is a loopback address (a hostname that resolves to 127.0.1.1 in /etc/hosts "
@@ -131,7 +138,7 @@ def _check_devices(server: Server, version: str, seen_ips: dict[str, str]) -> No
         for key, value in d.extra.items():
             if key.endswith("_ip"):
                 d.extra[key] = check_ip(value, f"{dwhere} {key}")
-            elif key.endswith("_port") and not (str(value).isdigit() and 0 < int(value) < 65536):
+            elif key.endswith("_port") and not (is_decimal(str(value)) and 0 < int(value) < 65536):
                 raise RankTableError(f"{dwhere}: {key} {value!r} is not a port number (1-65535)")
         if version == "1.2" and d.super_device_id is None:
             raise RankTableError(f"{dwhere}: version 1.2 needs a super_device_id")
@@ -237,30 +244,41 @@ def to_json(table: RankTable) -> dict[str, Any]:
 
 
 def _int_field(value: Any, what: str) -> int:
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise RankTableError(f"{what}: {value!r} is not an integer") from None
+    text = str(value).strip()
+    if isinstance(value, bool) or not is_decimal(text.removeprefix("-")):
+        raise RankTableError(f"{what}: {value!r} is not an integer")
+    return int(text)
+
+
+def _string_field(value: Any, what: str) -> str:
+    """HCCL writes every value as a string; numbers are accepted and written back as strings."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RankTableError(f"{what}: {value!r} is not a string")
+    return str(value)
 
 
 def _server_from_json(entry: Any, i: int, pod_of: dict[str, str], src: str) -> Server:
     if not isinstance(entry, dict) or "server_id" not in entry:
         raise RankTableError(f"{src}: server_list[{i}] needs a server_id")
-    sid = str(entry["server_id"])
+    sid = _string_field(entry["server_id"], f"{src}: server_list[{i}] server_id")
+    listed = entry.get("device") if entry.get("device") is not None else []
+    if not isinstance(listed, list):
+        raise RankTableError(f"{src}: server {sid}: device must be a list of devices, got {listed!r}")
     devices = []
-    for j, dev in enumerate(entry.get("device") or []):
+    for j, dev in enumerate(listed):
         where = f"{src}: server {sid} device[{j}]"
         if not isinstance(dev, dict) or "device_id" not in dev or "device_ip" not in dev:
             raise RankTableError(f"{where}: needs device_id and device_ip")
         sdid = dev.get("super_device_id")
         devices.append(Device(device_id=_int_field(dev["device_id"], f"{where} device_id"),
-                              device_ip=str(dev["device_ip"]),
+                              device_ip=_string_field(dev["device_ip"], f"{where} device_ip"),
                               rank_id=_int_field(dev.get("rank_id", -1), f"{where} rank_id"),
                               super_device_id=None if sdid is None else _int_field(sdid, f"{where} super_device_id"),
                               extra={k: str(v) for k, v in dev.items() if k not in _DEVICE_FIELDS}))
     extra = {k: v for k, v in entry.items() if k not in _SERVER_FIELDS}
-    return Server(server_id=sid, devices=devices, host_ip=entry.get("host_ip"), super_pod_id=pod_of.get(sid),
-                  extra=extra)
+    host_ip = entry.get("host_ip")
+    return Server(server_id=sid, devices=devices, super_pod_id=pod_of.get(sid), extra=extra,
+                  host_ip=None if host_ip is None else _string_field(host_ip, f"{src}: server {sid} host_ip"))
 
 
 def from_json(doc: Any, source: str = "<table>") -> RankTable:
@@ -271,9 +289,14 @@ def from_json(doc: Any, source: str = "<table>") -> RankTable:
     if doc.get("status", "completed") != "completed":
         raise RankTableError(f"{source}: status is {doc.get('status')!r}, HCCL only accepts 'completed'")
     pod_of = {}
-    for pod in doc.get("super_pod_list") or []:
-        for s in pod.get("server_list") or []:
-            pod_of[str(s.get("server_id"))] = str(pod.get("super_pod_id"))
+    pods = doc.get("super_pod_list") if doc.get("super_pod_list") is not None else []
+    for k, pod in enumerate(pods if isinstance(pods, list) else [pods]):
+        members = pod.get("server_list") if isinstance(pod, dict) else None
+        if not isinstance(members, list) or not all(isinstance(m, dict) and "server_id" in m for m in members):
+            raise RankTableError(f"{source}: super_pod_list[{k}] must be a mapping whose server_list lists "
+                                 "{\"server_id\": ...} entries")
+        for m in members:
+            pod_of[str(m["server_id"])] = str(pod.get("super_pod_id"))
     servers = [_server_from_json(e, i, pod_of, source) for i, e in enumerate(doc["server_list"])]
     if "server_count" in doc and _int_field(doc["server_count"], f"{source}: server_count") != len(servers):
         raise RankTableError(f"{source}: server_count is {doc['server_count']} but server_list has {len(servers)}")
@@ -295,6 +318,8 @@ def load_table(path: str | Path) -> RankTable:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RankTableError(f"{p}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RankTableError(f"{p}: not a rank table (JSON nested too deeply)") from None
     return from_json(doc, str(p))
 
 

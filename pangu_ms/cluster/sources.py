@@ -34,20 +34,20 @@ def parse_devices(text: str) -> list[int]:
     """`0-7`, `8-15`, `0,1,2,3` or `0-3,6,7` -> sorted device ids (no repeats, 0..15)."""
     ids: list[int] = []
     for part in str(text).replace(" ", "").split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
         if not m:
             raise RankTableError(f"--devices {text!r}: {part!r} is not a device id or range; use e.g. 0-7, 8-15 "
                                  "or 0,1,2,3")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise RankTableError(f"--devices {text!r}: range {part} is empty (write low-high)")
+        if hi > MAX_DEVICE_ID:  # checked before expanding: '0-99999999' must not build the range
+            raise RankTableError(f"--devices {text!r}: device id {max(lo, MAX_DEVICE_ID + 1)} is out of range "
+                                 f"0-{MAX_DEVICE_ID}")
         ids.extend(range(lo, hi + 1))
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise RankTableError(f"--devices {text!r}: device(s) {dup} listed more than once")
-    bad = [i for i in ids if i > MAX_DEVICE_ID]
-    if bad:
-        raise RankTableError(f"--devices {text!r}: device id {bad[0]} is out of range 0-{MAX_DEVICE_ID}")
     return sorted(ids)
 
 

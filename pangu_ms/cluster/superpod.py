@@ -28,7 +28,9 @@ from typing import Any
 
 import yaml
 
-from pangu_ms.cluster.rank_table import Device, RankTable, RankTableError, Server, renumber, validate_table
+from pangu_ms.cluster.rank_table import (Device, RankTable, RankTableError, Server, is_decimal, renumber,
+                                        validate_table)
+from pangu_ms.config.loader import yaml_problem
 
 _POD_KEYS = {"super_pod_id", "servers"}
 _SERVER_KEYS = {"server_id", "host_ip", "devices"}
@@ -49,7 +51,7 @@ def _keys(entry: Any, allowed: set[str], required: set[str], where: str) -> dict
 
 
 def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not str(value).strip().isdigit():
+    if isinstance(value, bool) or not is_decimal(str(value).strip()):
         raise RankTableError(f"{where}: {value!r} is not a non-negative integer")
     return int(str(value).strip())
 
@@ -104,9 +106,16 @@ def load_superpod_input(path: str | Path) -> RankTable:
     p = Path(path)
     if not p.is_file():
         raise RankTableError(f"SuperPoD input not found: {p} (format: see `rank-table superpod --help`)")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RankTableError(f"{p}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     try:
         doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise RankTableError(f"{p}: cannot parse: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise RankTableError(f"{p}: not valid JSON: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise RankTableError(f"{p}: {yaml_problem(exc)}") from None
+    except RecursionError:
+        raise RankTableError(f"{p}: nested too deeply to be a cluster description") from None
     return superpod_table(doc, str(p))

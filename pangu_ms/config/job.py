@@ -17,7 +17,7 @@ import yaml
 from pangu_ms.config.code import CodeConfig
 from pangu_ms.config.data import DataConfig
 from pangu_ms.config.finetune import FinetuneConfig
-from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml
+from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml, show
 from pangu_ms.config.model import ModelConfig
 from pangu_ms.config.optimizer import OptimizerConfig, ScheduleConfig
 from pangu_ms.config.parallel import ParallelConfig, RecomputeConfig
@@ -59,7 +59,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ConfigError as exc:
         where = str(path) if path is not None else "<defaults>"
         if overrides:
-            where += f" (with --set {' '.join(overrides)})"
+            where += f" (with --set {' '.join(o if o.isprintable() else show(o) for o in overrides)})"
         raise ConfigError(f"{where}: {exc}") from None
 
 
@@ -89,7 +89,9 @@ def validate_job(job: JobConfig, command: str) -> None:
     the config. Per command:
     - prepare: a tokenizer trained here has at most model.vocab_size pieces;
     - pretrain: the global batch splits into dp * micro_batches * grad_accum_steps parts;
-    - finetune: its rows fit the model (finetune.max_tokens <= model.seq_length).
+    - finetune: its rows fit the model (finetune.max_tokens <= model.seq_length);
+    - pretrain, finetune: bf16 compute only where it runs (Ascend 910B; MindSpore's CPU
+      backend has no bf16 matmul, 910A no bf16 at all).
     """
     if command not in COMMANDS_CHECKED:
         raise ValueError(f"validate_job: command {command!r} is not one of {COMMANDS_CHECKED}")
@@ -106,6 +108,11 @@ def validate_job(job: JobConfig, command: str) -> None:
     if command == "finetune" and job.finetune.max_tokens > m.seq_length:
         problems.append(f"finetune.max_tokens={job.finetune.max_tokens} exceeds model.seq_length={m.seq_length}: "
                         f"lower finetune.max_tokens to at most {m.seq_length}")
+    if command in ("pretrain", "finetune") and m.compute_dtype == "bfloat16" and (
+            job.run.device != "Ascend" or job.run.ascend_chip == "910A"):
+        where = "the CPU backend has no bf16 matmul" if job.run.device != "Ascend" else "910A has no bf16"
+        problems.append(f"model.compute_dtype=bfloat16 with run.device={job.run.device} run.ascend_chip="
+                        f"{job.run.ascend_chip}: {where}; use float32 on CPU, float16 on 910A")
     if problems:
         raise ConfigError("; ".join(problems) if len(problems) == 1 else
                           "the config's sections disagree:\n" + "\n".join(f"  - {x}" for x in problems))

@@ -21,6 +21,13 @@ import yaml
 from pangu_ms.errors import ConfigError
 
 
+def show(text: Any) -> str:
+    """A user-given key or string for a one-line message: quoted as typed, or as a Python repr
+    when it holds newlines or other unprintable characters."""
+    text = str(text)
+    return f"'{text}'" if text.isprintable() and "'" not in text else repr(text)
+
+
 def require(ok: bool, name: str, value: Any, hint: str) -> None:
     """Raise a `ConfigError` for field `name` unless `ok`."""
     if not ok:
@@ -117,7 +124,7 @@ def build_dataclass(cls: type, values: dict[str, Any], *, prefix: str = "") -> A
         if k not in names:
             near = difflib.get_close_matches(str(k), names, n=1)
             hint = f"; did you mean '{(prefix + '.') if prefix else ''}{near[0]}'?" if near else ""
-            raise ConfigError(f"unknown key '{key}'{hint} (valid: {', '.join(names)})")
+            raise ConfigError(f"unknown key {show(key)}{hint} (valid: {', '.join(names)})")
         kwargs[k] = _coerce(v, hints[k], key)
     try:
         return cls(**kwargs)
@@ -139,11 +146,24 @@ def read_mapping(path: Path, what: str) -> dict[str, Any]:
     """The top-level mapping of a YAML file (safe loader); ConfigError naming the file otherwise."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of {what}, got {type(raw).__name__}")
     return dict(raw)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: where and what (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+        return (f"not plain YAML{where}: {problem} (configs are read with yaml.safe_load: tags that would "
+                "construct Python objects are refused; write the value as plain YAML)")
+    return f"not valid YAML{where}: {problem}"
 
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -157,6 +177,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     bases = raw.pop("base_config", None) or []
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: base_config={bases!r}: give a file path or a list of paths, relative to this file")
     merged: dict[str, Any] = {}
     for b in bases:
         merged = deep_merge(merged, read_yaml(path.parent / b, seen + (path,)))

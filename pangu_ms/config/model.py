@@ -29,8 +29,12 @@ class ModelConfig:
     """LayerNorm epsilon (computed in fp32)."""
     init_std: float = 0.02
     """standard deviation of Normal init; output projections are scaled by 1/sqrt(2*layers)."""
-    compute_dtype: Literal['float32', 'float16'] = "float32"
-    """matmul dtype: float32 (CPU default) or float16 (Ascend); LayerNorm/softmax/loss stay fp32."""
+    compute_dtype: Literal['float32', 'float16', 'bfloat16'] = "float32"
+    """matmul dtype: float32 (CPU), float16 (910A) or bfloat16 (910B); LayerNorm/softmax/loss stay fp32."""
+    activation: Literal['gelu', 'fast_gelu'] = "gelu"
+    """FFN activation: gelu (tanh form, the 2021 release) or fast_gelu (x*sigmoid(1.702x), MindFormers)."""
+    kernels: Literal['reference', 'fused'] = "fused"
+    """reference (plain MindSpore ops) or fused (this device's fused kernels; reference where none)."""
     eod_id: int = 8
     """end-of-document id (`<eod>` in the released vocabulary)."""
     pad_id: int = 6

@@ -71,6 +71,8 @@ class RunConfig:
     """CPU or Ascend."""
     mode: Literal['graph', 'pynative'] = "graph"
     """graph (GRAPH_MODE) or pynative."""
+    ascend_chip: Literal['auto', '910A', '910B'] = "auto"
+    """Ascend generation for the fused kernels: auto (ask the device), 910A, or 910B (Atlas A2/A3)."""
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -18,9 +18,10 @@ filtered, HumanEval-decontaminated files, one document per file, text exactly as
 
 User corpora: `.txt` files hold documents separated by blank lines; `.jsonl` files hold one
 JSON object per line with the text in `text_field`. A name may be a file, a directory
-(all .txt/.jsonl files below it, sorted) or a glob. Undecodable entries (invalid UTF-8)
-and bad JSON lines are skipped and counted in the `stats` counter, never fatal (in .txt
-files only the undecodable lines of a document are skipped).
+(all .txt/.jsonl files below it, sorted) or a glob. Undecodable entries (invalid UTF-8, or a
+JSON string with an unpaired surrogate escape) and bad JSON lines (nested too deeply too)
+are skipped and counted in the `stats` counter, never fatal (in .txt files only the
+undecodable lines of a document are skipped).
 """
 from __future__ import annotations
 
@@ -139,6 +140,16 @@ def _read_txt(path: Path, stats: Counter) -> list[str]:
     return docs
 
 
+def _is_text(text: str) -> bool:
+    """False for a string with an unpaired surrogate (JSON can escape one, "\\ud800"): it is not
+    Unicode text, and the tokenizer's SentencePiece binding fails on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_jsonl(path: Path, text_field: str, stats: Counter) -> list[str]:
     docs = []
     for raw in path.read_bytes().splitlines():
@@ -149,16 +160,29 @@ def _read_jsonl(path: Path, text_field: str, stats: Counter) -> list[str]:
         except UnicodeDecodeError:
             stats["undecodable"] += 1
             continue
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
             stats["bad_json"] += 1
             continue
         text = obj.get(text_field) if isinstance(obj, dict) else None
         if not isinstance(text, str):
             stats["missing_text_field"] += 1
             continue
+        if not _is_text(text):
+            stats["undecodable"] += 1
+            continue
         if text.strip():
             docs.append(text.strip())
     return docs
+
+
+def _strings(obj) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in _strings(k) + _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
 
 
 def read_json_lines(path: str | Path, what: str) -> list[tuple[int, object]]:
@@ -174,9 +198,15 @@ def read_json_lines(path: str | Path, what: str) -> list[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            out.append((n, json.loads(line)))
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{n}: not JSON ({exc})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{n}: not JSON this reader takes (nested too deeply)") from None
+        if not all(_is_text(x) for x in _strings(obj)):
+            raise DataError(f"{path}:{n}: a string holds an unpaired surrogate escape (such as \\ud800), which is "
+                            "not Unicode text: fix the escape")
+        out.append((n, obj))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Training input pipeline: MindRecord shards -> batched (input_ids, position_id, attention_mask).
+"""Training input pipeline: MindRecord shards -> batched (input_ids, position_id, document_id).
 
 Notation: B batch, S sequence length (the model sees S tokens; a stored row holds S + 1 ids
 so labels are the row shifted by one).
@@ -8,10 +8,13 @@ documents separated by the end-of-document id. With `reset_at_eod` the pipeline 
 per row and in NumPy:
 
 - `position_id[j]` = j minus the index where j's document starts (restarts after each eod),
-- `attention_mask[i, j]` = 1 iff j <= i and tokens i and j are in the same document.
+- `document_id[j]` = the number of eod ids strictly before j (the eod token belongs to the
+  document it ends).
 
-The eod token belongs to the document it ends: a document's id for position j is the number
-of eod ids strictly before j. Only the first S ids (the model inputs) are looked at.
+The model derives its attention mask from the document ids on the device (token i sees j iff
+j <= i and document_id[i] == document_id[j]), so a batch carries 2 int32 [B, S] columns
+besides the ids instead of an fp32 [B, S, S] mask (4 S^2 bytes a row, 4 MiB at S = 1024).
+Only the first S ids (the model inputs) are looked at.
 """
 from __future__ import annotations
 
@@ -39,35 +42,41 @@ def document_ids(inputs: np.ndarray, eod_id: int) -> np.ndarray:
 
 
 def eod_reset(rows: np.ndarray, eod_id: int, reset_at_eod: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Position ids and attention mask for packed rows.
+    """Position ids and document ids for packed rows.
 
     Args:
         rows: int32 [B, S + 1] token rows (or [S + 1]).
         eod_id: end-of-document id.
-        reset_at_eod: False gives plain positions 0..S-1 and a plain causal mask.
+        reset_at_eod: False gives plain positions 0..S-1 and one document per row (a plain
+            causal mask).
     Returns:
-        position_id int32 [B, S] and attention_mask float32 [B, S, S] (1 = may attend).
+        position_id int32 [B, S] and document_id int32 [B, S].
     """
     rows = np.asarray(rows)
     squeeze = rows.ndim == 1
     inputs = rows[None, :-1] if squeeze else rows[:, :-1]  # [B, S]
     b, s = inputs.shape
-    causal = np.tril(np.ones((s, s), dtype=bool))  # [S, S]
     arange = np.arange(s, dtype=np.int32)
     if not reset_at_eod:
         pos = np.broadcast_to(arange, (b, s)).copy()
-        mask = np.broadcast_to(causal, (b, s, s)).astype(np.float32)
+        doc = np.zeros((b, s), np.int32)
     else:
-        doc = document_ids(inputs, eod_id)  # [B, S]
+        doc = document_ids(inputs, eod_id).astype(np.int32)  # [B, S]
         # start index of each token's document: the running max of "starts here" positions
         starts_here = np.concatenate([np.ones((b, 1), bool), doc[:, 1:] != doc[:, :-1]], axis=1)
         start = np.maximum.accumulate(np.where(starts_here, arange, 0), axis=1)  # [B, S]
         pos = (arange - start).astype(np.int32)
-        same_doc = doc[:, :, None] == doc[:, None, :]  # [B, S, S]
-        mask = (same_doc & causal).astype(np.float32)
     if squeeze:
-        return pos[0], mask[0]
-    return pos, mask
+        return pos[0], doc[0]
+    return pos, doc
+
+
+def attention_allowed(document_id: np.ndarray) -> np.ndarray:
+    """The mask the model builds from document ids, in NumPy (for tests and checks):
+    [..., S] -> bool [..., S, S], True where token i may see token j (j <= i, same document)."""
+    s = document_id.shape[-1]
+    same = document_id[..., :, None] == document_id[..., None, :]
+    return same & np.tril(np.ones((s, s), bool))
 
 
 def _bind_seed(data, seed: int) -> None:
@@ -96,7 +105,7 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
     """A `mindspore.dataset.Dataset` over packed-row MindRecord shards.
 
     Yields per batch: `input_ids` int32 [B, S + 1], `position_id` int32 [B, S],
-    `attention_mask` float32 [B, S, S] (B = batch_size per rank, S = seq_length).
+    `document_id` int32 [B, S] (B = batch_size per rank, S = seq_length).
 
     Args:
         files: the MindRecord files of one split (`pangu_ms.data.shards.shard_files(...)`).
@@ -137,13 +146,13 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
     data = data.batch(batch_size, drop_remainder=drop_remainder)
 
     def add_eod_columns(rows: np.ndarray):
-        pos, mask = eod_reset(rows, eod_id, reset_at_eod)
-        return rows.astype(np.int32), pos, mask
+        pos, doc = eod_reset(rows, eod_id, reset_at_eod)
+        return rows.astype(np.int32), pos, doc
 
     data = data.map(add_eod_columns, input_columns=[ROW_COLUMN],
-                    output_columns=[ROW_COLUMN, "position_id", "attention_mask"])
+                    output_columns=[ROW_COLUMN, "position_id", "document_id"])
     if loss_mask:
-        data = data.project([ROW_COLUMN, "position_id", "attention_mask", LOSS_MASK_COLUMN])
+        data = data.project([ROW_COLUMN, "position_id", "document_id", LOSS_MASK_COLUMN])
     if start_step:
         data.set_init_step(start_step)
     _bind_seed(data, seed)

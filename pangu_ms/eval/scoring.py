@@ -16,7 +16,7 @@ from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 
 class TokenLogProbs(nn.Cell):
-    """(ids [B, S], position ids [B, S], mask [B, S, S], targets [B, S]) -> log p(target) [B, S].
+    """(ids [B, S], position ids [B, S], document ids [B, S], targets [B, S]) -> log p(target) [B, S].
 
     Shares the weights of `lm` (parameter names unchanged).
     """
@@ -27,14 +27,14 @@ class TokenLogProbs(nn.Cell):
         self.log_softmax = P.LogSoftmax(-1)
         self.gather = P.GatherD()
 
-    def construct(self, input_ids, position_ids, attention_mask, targets):
+    def construct(self, input_ids, position_ids, document_ids, targets):
         b, s = input_ids.shape
-        logp = self.log_softmax(self.lm(input_ids, position_ids, attention_mask))  # [B*S, V] fp32
+        logp = self.log_softmax(self.lm(input_ids, position_ids, document_ids))  # [B*S, V] fp32
         return self.gather(logp, 1, targets.reshape(-1, 1)).reshape(b, s)  # [B, S]
 
 
 class SelectedLogProbs(nn.Cell):
-    """(ids [B, S], position ids [B, S], mask [B, S, S], rows [R], targets [R]) -> log p [R]
+    """(ids [B, S], position ids [B, S], document ids [B, S], rows [R], targets [R]) -> log p [R]
     of `targets` at the flattened [B*S] positions `rows`: logits only where they are needed
     (the tied vocabulary projection over every position dominates short-continuation scoring)."""
 
@@ -45,8 +45,8 @@ class SelectedLogProbs(nn.Cell):
         self.gather_rows = P.Gather()
         self.gather = P.GatherD()
 
-    def construct(self, input_ids, position_ids, attention_mask, rows, targets):
-        h = self.gather_rows(self.lm.backbone(input_ids, position_ids, attention_mask), rows, 0)  # [R, H]
+    def construct(self, input_ids, position_ids, document_ids, rows, targets):
+        h = self.gather_rows(self.lm.backbone(input_ids, position_ids, document_ids), rows, 0)  # [R, H]
         logp = self.log_softmax(self.lm.logits(h))  # [R, V]
         return self.gather(logp, 1, targets.reshape(-1, 1)).reshape(-1)  # [R]
 
@@ -97,8 +97,8 @@ class Scorer:
             ids = np.full((self.batch_size, s + 1), self.cfg.pad_id, np.int32)
             for r, i in enumerate(idx):
                 ids[r, :len(seqs[i])] = seqs[i]
-            pos, mask = eod_reset(ids, self.cfg.eod_id, reset_at_eod)
-            lp = self.net(Tensor(ids[:, :-1]), Tensor(pos), Tensor(mask), Tensor(ids[:, 1:])).asnumpy()
+            pos, doc = eod_reset(ids, self.cfg.eod_id, reset_at_eod)
+            lp = self.net(Tensor(ids[:, :-1]), Tensor(pos), Tensor(doc), Tensor(ids[:, 1:])).asnumpy()
             for r, i in enumerate(idx):
                 out[i] = lp[r, :len(seqs[i]) - 1].astype(np.float64)
         return out
@@ -121,8 +121,8 @@ class Scorer:
                 ids[r, :n] = seqs[i]
                 rows[r, :c] = r * s + np.arange(n - 1 - c, n - 1)
                 targets[r, :c] = seqs[i][n - c:]
-            pos, mask = eod_reset(ids, self.cfg.eod_id, False)
-            lp = self.selected(Tensor(ids[:, :-1]), Tensor(pos), Tensor(mask), Tensor(rows.reshape(-1)),
+            pos, doc = eod_reset(ids, self.cfg.eod_id, False)
+            lp = self.selected(Tensor(ids[:, :-1]), Tensor(pos), Tensor(doc), Tensor(rows.reshape(-1)),
                                Tensor(targets.reshape(-1))).asnumpy().reshape(self.batch_size, k)
             for r, i in enumerate(idx):
                 out[i] = lp[r, :lengths[i]].astype(np.float64)

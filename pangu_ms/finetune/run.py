@@ -58,14 +58,14 @@ def _train(trainer: Trainer, ids: np.ndarray, where: np.ndarray, labels: np.ndar
     rng = np.random.default_rng(seed)
     lengths = where.max(axis=1) + 1  # input tokens of each row (its last label position + 1)
     batches = length_batches(lengths, cfg.batch_size, bucket_widths(cfg.length_buckets, ids.shape[1]), rng)
-    masks = {}  # width -> (positions, plain causal mask): one example per row
+    masks = {}  # width -> (positions, document ids): one example per row, a plain causal mask
     losses = []
     t0 = time.perf_counter()
     for i in range(cfg.steps):
         batch, width = next(batches)
         if width not in masks:
-            pos, mask = eod_reset(np.zeros((cfg.batch_size, width + 1), np.int32), 0, reset_at_eod=False)
-            masks[width] = Tensor(pos), Tensor(mask)
+            pos, doc = eod_reset(np.zeros((cfg.batch_size, width + 1), np.int32), 0, reset_at_eod=False)
+            masks[width] = Tensor(pos), Tensor(doc)
         offset = width * np.arange(len(batch))[:, None]  # row b starts at b * width in [B*width]
         lm_pos, lm_tgt = lm_targets(ids[batch], where[batch, 0], cfg.lm_positions, pad_id, rng)
         inputs = (Tensor(ids[batch, :width]), *masks[width],

@@ -12,18 +12,22 @@ interface; every op set implements it with the weights as inputs:
     begin(...) -> state: what every layer's attention needs (mask, write index), built once per graph
     attend(q, k, v [T, H], k_cache, v_cache [B, N, M, D], state) -> ctx [T, H], caches holding k, v
 
-- `PromptOps`: the training model's compositions (`pangu_ms.kernels` references, the model's
+- `PromptOps`: compositions of plain ops (`pangu_ms.kernels.norm_act`, the reference
   `CoreAttention`); caches are the prompt's K/V followed by zeros.
-- `StepOps`: one token per row; LayerNorm and GELU as single MindSpore kernels (`fused`), the
-  rest reference, the new slot written with ScatterNdUpdate (in place) or TensorScatterUpdate.
+- `StepOps`: one token per row; LayerNorm and the activation as single MindSpore kernels
+  (`fused`), the rest reference, the new slot written with ScatterNdUpdate (in place) or
+  TensorScatterUpdate.
 - `CpuStepOps`: `StepOps` with the C++ kernels for the weight products, the tied head, the
   one-token attention and the in-place slot write (no mask built: the kernel masks itself).
+  CPU only: never chosen for a model built for Ascend.
+- On Ascend 910B with an fp16/bf16 model, the prompt graph attends with PromptFlashAttention
+  and the step graph with IncreFlashAttention (`pangu_ms.kernels.ascend`); elsewhere on Ascend
+  (910A, fp32) the reference ops.
 
-Every op here is one the graph runs: at one token per step the cost is the op count.
+The activation is the model's (`model.activation`: gelu or fast_gelu). Every op here is one
+the graph runs: at one token per step the cost is the op count.
 """
 from __future__ import annotations
-
-import math
 
 import mindspore as ms
 import numpy as np
@@ -34,24 +38,23 @@ from pangu_ms.config import ModelConfig
 from pangu_ms.kernels import (CacheWriteKernel, DecodeAttentionKernel, GeluKernel, LayerNormKernel, LinearGeluKernel,
                               LinearKernel, LinearResidualKernel, TiedHeadKernel, cpu_kernel_library,
                               slot_index_parts, window_bias)
-from pangu_ms.models.layers import CoreAttention, compute_dtype
+from pangu_ms.kernels.reference import CoreAttention, compute_dtype
 
 
 class ReferenceOps(nn.Cell):
-    """The model's math with weights as inputs (`models.layers.Linear`: fp16 matmuls with fp32
-    results when the model computes in fp16), LayerNorm and GELU composed or, with `fused`,
-    single MindSpore kernels; and the attention core of the model (`CoreAttention`)."""
+    """The model's math with weights as inputs (`models.layers.Linear`: low-precision matmuls with
+    fp32 results when the model computes in fp16/bf16), LayerNorm and the activation composed
+    or, with `fused`, single MindSpore kernels; and the reference attention core (`CoreAttention`)."""
 
     def __init__(self, cfg: ModelConfig, *, max_length: int, fused: bool):
         super().__init__()
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self.low_precision = cfg.compute_dtype != "float32"
         self.dtype = compute_dtype(cfg.compute_dtype)
         self.slots = Tensor(np.arange(max_length, dtype=np.int32))  # [M]
         self.layer_norm = LayerNormKernel(eps=cfg.layernorm_eps, fused=fused)
-        self.gelu = GeluKernel(fused=fused)
-        self.core = CoreAttention(dtype=cfg.compute_dtype)
+        self.gelu = GeluKernel(fused=fused, kind=cfg.activation)
+        self.core = CoreAttention(cfg.head_dim, dtype=cfg.compute_dtype)
         self.matmul = P.MatMul()
         self.vocab_proj = P.MatMul(transpose_b=True)
         self.cast = P.Cast()
@@ -85,19 +88,20 @@ class ReferenceOps(nn.Cell):
 
     def attention(self, q, k, v, bias):
         """q [B, N, Q, D] (not scaled), k, v [B, N, K, D] fp32, bias [B, 1, Q, K] -> ctx [B, N, Q, D] fp32."""
-        ctx, _ = self.core(self._compute(q * self.scale), self._compute(k), self._compute(v), bias)
-        if self.low_precision:
-            return self.cast(ctx, ms.float32)
-        return ctx
+        return self.core(self._compute(q), self._compute(k), self._compute(v), bias)
 
 
 class PromptOps(ReferenceOps):
     """The prompt graph: reference compositions (faster than the fused kernels from 32 tokens
     on), attention over the prompt, caches made of its K/V with zeros after slot S-1."""
 
-    def __init__(self, cfg: ModelConfig, *, max_length: int):
+    def __init__(self, cfg: ModelConfig, *, max_length: int, flash: bool = False):
         super().__init__(cfg, max_length=max_length, fused=False)
         self.max_length = max_length
+        if flash:  # Ascend 910B: PromptFlashAttention in the compute dtype
+            from pangu_ms.kernels.ascend import PromptFlashAttention
+
+            self.core = PromptFlashAttention(cfg.num_heads, cfg.head_dim, self.dtype)
         self.transpose = P.Transpose()
         self.concat = P.Concat(axis=2)
 
@@ -127,9 +131,14 @@ class StepOps(ReferenceOps):
     (ScatterNdUpdate); otherwise caches are values and the write returns new ones
     (TensorScatterUpdate, MindIR export)."""
 
-    def __init__(self, cfg: ModelConfig, *, batch_size: int, max_length: int, fused: bool, in_place: bool):
+    def __init__(self, cfg: ModelConfig, *, batch_size: int, max_length: int, fused: bool, in_place: bool,
+                 flash: bool = False):
         super().__init__(cfg, max_length=max_length, fused=fused)
         self.in_place = in_place
+        if flash:  # Ascend 910B: IncreFlashAttention in the compute dtype
+            from pangu_ms.kernels.ascend import IncreFlashAttention
+
+            self.core = IncreFlashAttention(cfg.num_heads, cfg.head_dim, self.dtype)
         self.index_base, self.slot_axis = slot_index_parts(batch_size, cfg.num_heads)  # [B, N, 3], [3]
         self.scatter_update = P.ScatterNdUpdate()
         self.tensor_scatter_update = P.TensorScatterUpdate()
@@ -174,7 +183,9 @@ class CpuStepOps(StepOps):
         b, h, f = batch_size, cfg.hidden_size, cfg.ffn_hidden_size
         self.cpu_linear = LinearKernel(out_shape=(b, h))  # q, k, v: [B, H] -> [B, H]
         self.cpu_linear_residual = LinearResidualKernel(out_shape=(b, h))  # out, fc2 (+ h)
-        self.cpu_linear_gelu = LinearGeluKernel(out_shape=(b, f))  # fc1 + GELU: -> [B, F]
+        # fc1 + GELU in one kernel: -> [B, F] (the C++ kernel computes the tanh GELU only)
+        self.cpu_linear_gelu = LinearGeluKernel(out_shape=(b, f)) if cfg.activation == "gelu" else None
+        self.cpu_linear_f = LinearKernel(out_shape=(b, f)) if cfg.activation != "gelu" else None
         self.cpu_head = TiedHeadKernel(out_shape=(b, cfg.vocab_size))
         self.cpu_attention = DecodeAttentionKernel(max_length=max_length, head_dim=cfg.head_dim, out_shape=(b, h))
         self.cpu_write = CacheWriteKernel(batch_size=batch_size, heads=cfg.num_heads)
@@ -183,6 +194,8 @@ class CpuStepOps(StepOps):
         return self.cpu_linear(x, w, b)
 
     def linear_gelu(self, x, w, b):
+        if self.cpu_linear_gelu is None:
+            return self.gelu(self.cpu_linear_f(x, w, b))
         return self.cpu_linear_gelu(x, w, b)
 
     def linear_residual(self, x, w, b, residual):
@@ -208,11 +221,19 @@ class CpuStepOps(StepOps):
         return self.cpu_attention(q, k_cache, v_cache, slot, pad_len)  # [B, H]
 
 
+def flash_decoding(cfg: ModelConfig, device: str, chip: str | None) -> bool:
+    """True where the decoding graphs attend with Ascend's prompt/incremental flash attention:
+    a 910B with an fp16/bf16 model (the operators take no fp32)."""
+    return device == "Ascend" and chip == "910B" and cfg.compute_dtype != "float32"
+
+
 def step_ops(cfg: ModelConfig, *, batch_size: int, max_length: int, fused: bool, cpu: bool,
-             in_place: bool) -> StepOps:
+             in_place: bool, device: str = "CPU", chip: str | None = None) -> StepOps:
     """The step graph's op set: `CpuStepOps` when the fused and C++ kernels are asked for, the
-    model is fp32 and the kernel library builds here; `StepOps` (reference forms, LayerNorm/GELU
-    fused if `fused`) otherwise."""
-    if fused and cpu and cfg.compute_dtype == "float32" and cpu_kernel_library() is not None:
+    model is fp32 and built for the CPU, and the kernel library builds here; `StepOps`
+    otherwise (reference forms, LayerNorm/activation fused if `fused`, IncreFlashAttention on
+    a 910B with an fp16/bf16 model)."""
+    if fused and cpu and device == "CPU" and cfg.compute_dtype == "float32" and cpu_kernel_library() is not None:
         return CpuStepOps(cfg, batch_size=batch_size, max_length=max_length, in_place=in_place)
-    return StepOps(cfg, batch_size=batch_size, max_length=max_length, fused=fused, in_place=in_place)
+    return StepOps(cfg, batch_size=batch_size, max_length=max_length, fused=fused, in_place=in_place,
+                   flash=flash_decoding(cfg, device, chip))

@@ -21,7 +21,8 @@ recompile the step graph every token (MINDSPORE_CPU_NOTES.md item 3c).
 
 The decoder is derived from the model: `DecoderCore` takes the model's Parameters by role from
 `PanguAlphaLM.weight_paths()` (one `WeightGroup` per layer: `layer.wq`, `layer.ln1_gamma`, ...),
-masks with the model's rule (`mask_bias`) and attends with the model's `CoreAttention`. Why the
+masks with the model's rule (causal within the real tokens: `window_bias`) and attends with the
+reference `CoreAttention`. Why the
 layer equations are still written out here instead of calling the model's sub-cells: the
 cache needs each layer's K and V, and at one token per step a graph's cost is its op count,
 its Parameter reads and its launch overhead, not arithmetic. The equations are written once,
@@ -47,7 +48,7 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn
 from mindspore.ops import operations as P
 
-from pangu_ms.infer.decode_ops import CpuStepOps, PromptOps, step_ops
+from pangu_ms.infer.decode_ops import CpuStepOps, PromptOps, flash_decoding, step_ops
 from pangu_ms.models.pangu_alpha import PanguAlphaLM
 
 
@@ -96,9 +97,11 @@ class DecoderCore(nn.Cell):
         self.num_layers = cfg.num_layers
         self.model_weights, layers = weight_groups(lm)
         self.layers = nn.CellList(layers, auto_prefix=False)
-        self.prompt_ops = PromptOps(cfg, max_length=max_length)
+        spec = lm.kernel_spec  # the device (and chip) the model was built for
+        self.prompt_ops = PromptOps(cfg, max_length=max_length,
+                                    flash=fused_kernels and flash_decoding(cfg, spec.device, spec.chip))
         self.step_ops = step_ops(cfg, batch_size=batch_size, max_length=max_length, fused=fused_kernels,
-                                 cpu=cpu_kernels, in_place=in_place_cache)
+                                 cpu=cpu_kernels, in_place=in_place_cache, device=spec.device, chip=spec.chip)
         self.cpu_kernels = isinstance(self.step_ops, CpuStepOps)
         self.gather = P.Gather()
 

@@ -8,6 +8,10 @@ compiled with g++ once per source version and flag set into a user cache directo
 `~/.cache/pangu_ms/kernels`), never into the checkout or site-packages. When the CPU,
 the compiler or the source is missing, `cpu_kernel_library()` returns None and logs why
 once; callers then run the reference compositions.
+
+Two libraries: the decode kernels (`cpu/gemv_avx2.cc`, `cpu_kernel_library()`) and the training
+kernels (`cpu/training.cc` and the headers next to it, `cpu_training_library()`), which hold an
+AVX2 and an AVX-512 copy of every kernel; `training_isa()` says which copy this process runs.
 """
 from __future__ import annotations
 
@@ -28,6 +32,15 @@ SOURCE_PACKAGE = "pangu_ms.kernel_sources"
 CPU_SOURCE = "cpu/gemv_avx2.cc"
 KERNEL_DIR_ENV = "PANGU_MS_KERNEL_DIR"
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c++17"]
+TRAINING_SOURCE = "cpu/training.cc"
+# hidden visibility: only the kernels' entry points are exported, so nothing of one ISA's copy
+# can bind to the other's; the AVX-512 copy gets its target from a pragma inside the source
+_TRAINING_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC", "-std=c++17", "-pthread",
+                   "-fvisibility=hidden", "-fno-math-errno"]
+ISA_ENV = "PANGU_MS_CPU_ISA"
+"""`auto` (the default), `avx2` or `avx512`: which copy of the training kernels to run."""
+_TRAINING_NEEDS = {"avx2", "fma", "f16c"}
+_AVX512_NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
 
 
 def kernel_dir() -> Path:
@@ -57,9 +70,11 @@ def cpu_features() -> set[str]:
         return set()
 
 
-def build_library(source: Path, out_dir: Path, flags: list[str]) -> Path:
-    """Compile `source` into out_dir/<stem>_<hash>.so (atomic rename: safe across processes)."""
-    digest = hashlib.sha1(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+def build_library(source: Path, out_dir: Path, flags: list[str], *, headers: tuple[Path, ...] = ()) -> Path:
+    """Compile `source` into out_dir/<stem>_<hash>.so (atomic rename: safe across processes);
+    the hash covers the source, the `headers` it includes and the flags."""
+    content = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(headers))
+    digest = hashlib.sha1(content + " ".join(flags).encode()).hexdigest()[:12]
     target = out_dir / f"{source.stem}_{digest}.so"
     if target.is_file():
         return target
@@ -94,4 +109,51 @@ def cpu_kernel_library() -> str | None:
         return str(build_library(source, kernel_dir(), _FLAGS))
     except (OSError, RuntimeError) as e:
         log.warning("fused CPU kernels off: could not build %s (%s); reference kernels used", source, e)
+        return None
+
+
+def training_isa() -> str:
+    """The training kernels' code path for this process: "avx512" where the CPU has AVX-512
+    (F, BW, VL, DQ), else "avx2"; `$PANGU_MS_CPU_ISA` = avx2 forces the AVX2 path (to test it on
+    an AVX-512 machine). Raises ValueError for another value, or avx512 on a CPU without it."""
+    want = os.environ.get(ISA_ENV, "auto").strip().lower() or "auto"
+    has_512 = _AVX512_NEEDS <= cpu_features()
+    if want == "auto":
+        return "avx512" if has_512 else "avx2"
+    if want == "avx2":
+        return "avx2"
+    if want == "avx512":
+        if not has_512:
+            raise ValueError(f"{ISA_ENV}=avx512, but this CPU lacks {sorted(_AVX512_NEEDS - cpu_features())}: "
+                             f"unset {ISA_ENV} or set it to avx2")
+        return "avx512"
+    raise ValueError(f"{ISA_ENV}={want!r} is not one of auto, avx2, avx512: fix or unset it")
+
+
+def isa_supported(isa: str) -> bool:
+    """True if this CPU can run the training kernels' `isa` copy ("avx2" or "avx512")."""
+    needs = {"avx2": _TRAINING_NEEDS, "avx512": _TRAINING_NEEDS | _AVX512_NEEDS}
+    if isa not in needs:
+        raise ValueError(f"isa={isa!r} is not one of avx2, avx512")
+    return needs[isa] <= cpu_features()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_training_library() -> str | None:
+    """Path of the compiled training-kernel library (built on first call), or None (with one
+    warning naming the reason) when this install, CPU or compiler cannot provide it."""
+    source = kernel_source(TRAINING_SOURCE)
+    if source is None:
+        log.warning("fused CPU training kernels off: %s is not in this install (reference compositions used)",
+                    TRAINING_SOURCE)
+        return None
+    missing = _TRAINING_NEEDS - cpu_features()
+    if missing:
+        log.warning("fused CPU training kernels off: this CPU lacks %s (reference compositions used)",
+                    ", ".join(sorted(missing)))
+        return None
+    try:
+        return str(build_library(source, kernel_dir(), _TRAINING_FLAGS, headers=tuple(source.parent.glob("train_*.h"))))
+    except (OSError, RuntimeError) as e:
+        log.warning("fused CPU training kernels off: could not build %s (%s); reference compositions used", source, e)
         return None

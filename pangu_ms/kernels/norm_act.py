@@ -1,16 +1,16 @@
-"""LayerNorm and tanh-GELU: the one composed definition of each, and their single fused kernels.
+"""LayerNorm and the two GELUs for the decoding graphs: compositions of plain ops, and single
+MindSpore kernels.
 
 Notation: T tokens, H hidden.
 
-`GELU` and `ComposedLayerNorm` are the compositions of plain ops that the training model uses
-(`pangu_ms.models.layers.LayerNorm` is `ComposedLayerNorm` with its own gamma and beta; the
-FFN's activation is `GELU`): on CPU their autodiff backward is cheaper than the fused kernels'
-gradient kernels (MINDSPORE_CPU_PERF.md item 5). They live here, below the models, so that the
-model and the kernels' reference forms are one definition. A decoding step runs one token:
-there the cost is the per-op launch (tens of microseconds on CPU, more than the arithmetic),
-so one `P.LayerNorm` and one `P.GeLU` beat the compositions. Both forms compute the same
-function (within float rounding, about 5e-7); `tests/kernels` compares them forward and
-backward.
+The decoder (`pangu_ms.infer`) evaluates the model's equations with its own op sets. Its
+prompt graph runs many tokens, where the compositions (`ComposedLayerNorm`, `GELU`,
+`FastGELU`) are faster on CPU than MindSpore's LayerNorm/GeLU kernels; a decoding step runs
+one token, where the cost is the per-op launch (tens of microseconds on CPU, more than the
+arithmetic), so one `P.LayerNorm` and one `P.GeLU` / `P.FastGeLU` win. Both forms compute the
+training model's function (its reference roles use `P.LayerNorm`, `P.GeLU`, `P.FastGeLU`:
+`pangu_ms.kernels.reference`) within float rounding (about 5e-7); `tests/kernels` compares
+them forward and backward.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from mindspore.ops import operations as P
 GELU_C = math.sqrt(2.0 / math.pi)
 """c of the tanh GELU, 0.5 x (1 + tanh(c (x + GELU_CUBIC x^3)))."""
 GELU_CUBIC = 0.044715
+FAST_GELU_C = 1.702
+"""fast GELU: x * sigmoid(1.702 x) (MindSpore's FastGeLU)."""
 
 
 class GELU(nn.Cell):
@@ -46,6 +48,19 @@ class GELU(nn.Cell):
     def construct(self, x):
         u = self.add(self.poly(self.square(x, x), self.c3), self.c1)  # c1 + c3 x^2
         return self.gate(x, self.sigmoid(self.inner(x, u)))
+
+
+class FastGELU(nn.Cell):
+    """x * sigmoid(1.702 x) composed of plain ops (MindSpore's FastGeLU, the same function): [..] -> [..]."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = P.Mul()
+        self.sigmoid = P.Sigmoid()
+        self.gate = P.Mul()
+
+    def construct(self, x):
+        return self.gate(x, self.sigmoid(self.inner(x, FAST_GELU_C)))
 
 
 class ComposedLayerNorm(nn.Cell):
@@ -96,17 +111,18 @@ class LayerNormKernel(ComposedLayerNorm):
 
 
 class GeluKernel(nn.Cell):
-    """tanh-approximate GELU with a `fused` switch; [..] -> [..].
+    """The model's activation with a `fused` switch; [..] -> [..].
 
-    `fused=True` is MindSpore's GeLU kernel (the tanh form); `fused=False` is `GELU`, the
-    training model's composition x * sigmoid(2c (x + 0.044715 x^3)).
+    `kind` "gelu": `fused=True` is MindSpore's GeLU kernel (the tanh form), `fused=False` the
+    composition `GELU`, x * sigmoid(2c (x + 0.044715 x^3)). "fast_gelu": FastGeLU or `FastGELU`.
     """
 
-    def __init__(self, *, fused: bool = True):
+    def __init__(self, *, fused: bool = True, kind: str = "gelu"):
         super().__init__()
         self.fused = fused
-        self.gelu = P.GeLU()
-        self.reference = GELU()
+        self.kind = kind
+        self.gelu = P.GeLU() if kind == "gelu" else P.FastGeLU()
+        self.reference = GELU() if kind == "gelu" else FastGELU()
 
     def construct(self, x):
         if self.fused:

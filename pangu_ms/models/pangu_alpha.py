@@ -10,12 +10,18 @@ Data flow (the released 2.6B/13B ordering, one ordering for every layout):
     query layer:  h = h + Attn(q=TopQueryEmb[pos], kv=LN1(h));  h = h + FFN(LN2(h))
     logits = h WordEmb^T                                             [T, V] (tied head)
 
-The attention bias blocks future positions and, with end-of-document resets, positions in
-earlier documents of a packed row (it comes from the data pipeline as `attention_mask`).
+Attention: token i sees token j iff j <= i and both lie in the same document of the packed
+row: the model gets document ids [B, S] (equal within a document) and builds the mask from
+them on the device, once per forward pass.
+
+The layers with fused implementations (LayerNorm, the residual add + LayerNorm after the
+attention, bias + activation, the mask and attention core, the loss) come from a kernel spec,
+`pangu_ms.kernels.switch.kernel_spec(cfg.kernels, ...)`, chosen when the model is built; this
+file holds the architecture only. `kernels=` overrides the spec (e.g. for another device).
 
 For code that evaluates these equations on the model's weights (incremental decoding,
 `pangu_ms.infer.kv_cache`) the model names what it reads: `PanguAlphaLM.weight_paths()` gives
-every Parameter's path by role, and `mask_bias` / `MASK_VALUE` are the masking rule.
+every Parameter's path by role.
 """
 from __future__ import annotations
 
@@ -23,14 +29,14 @@ import math
 from dataclasses import dataclass
 
 import mindspore as ms
-from mindspore import Parameter, nn, ops
+from mindspore import Parameter, nn
 from mindspore.common.initializer import Normal, initializer
 from mindspore.ops import operations as P
 
 from pangu_ms.config import ModelConfig
-from pangu_ms.kernels.attention import MASK_VALUE, mask_bias  # noqa: F401 (the masking rule, exported)
-from pangu_ms.kernels.norm_act import GELU
-from pangu_ms.models.layers import CoreAttention, FastCoreAttention, LayerNorm, Linear, compute_dtype
+from pangu_ms.kernels.reference import compute_dtype
+from pangu_ms.kernels.switch import KernelSpec, kernel_spec
+from pangu_ms.models.layers import Linear
 
 
 class Embedding(nn.Cell):
@@ -49,12 +55,12 @@ class Embedding(nn.Cell):
 class Attention(nn.Cell):
     """Multi-head attention with separate Q, K, V projections (biases included).
 
-    `construct(query_in, kv_in, bias)`: query_in, kv_in [T, H], bias [B, 1, S, S] -> [T, H].
-    For a block both inputs are LN1(h); for the query layer the query input is the
-    position-indexed top query embedding.
+    `construct(query_in, kv_in, mask)`: query_in, kv_in [T, H], mask (from the spec's
+    `attention_mask`, its first axis B and last S) -> [T, H]. For a block both inputs are
+    LN1(h); for the query layer the query input is the position-indexed top query embedding.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, spec: KernelSpec):
         super().__init__()
         h, std, dt = cfg.hidden_size, cfg.init_std, cfg.compute_dtype
         out_std = std / math.sqrt(2.0 * cfg.num_layers)
@@ -63,18 +69,12 @@ class Attention(nn.Cell):
         self.linear_k = Linear(h, h, std=std, dtype=dt)
         self.linear_v = Linear(h, h, std=std, dtype=dt)
         self.linear_out = Linear(h, h, std=out_std, dtype=dt)
-        self.scale_q = P.Mul()
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self.to_heads = P.Transpose()
         self.from_heads = P.Transpose()
         self.low_precision = dt != "float32"
         self.dtype = compute_dtype(dt)
         self.cast = P.Cast()
-        # the hand-written backward has no probability dropout and is fp32 only
-        if cfg.dropout == 0.0 and not self.low_precision:
-            self.core = FastCoreAttention()
-        else:
-            self.core = CoreAttention(dropout=cfg.dropout, dtype=dt)
+        self.core = spec.core_attention(cfg)  # (q, k, v [B, N, S, D], mask) -> ctx [B, N, S, D] fp32
         self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else None
 
     def split_heads(self, x, batch: int, seq: int):
@@ -90,68 +90,68 @@ class Attention(nn.Cell):
         ctx = self.from_heads(ctx, (0, 2, 1, 3))  # [B, S, N, D]
         return ctx.reshape(b * s, n * d)  # [T, H]
 
-    def construct(self, query_in, kv_in, bias):
-        batch, seq = bias.shape[0], bias.shape[-1]
-        q = self.scale_q(self.linear_q(query_in), self.scale)  # [T, H], pre-scaled by 1/sqrt(D)
-        q = self.split_heads(q, batch, seq)  # [B, N, S, D]
+    def construct(self, query_in, kv_in, mask):
+        batch, seq = mask.shape[0], mask.shape[-1]
+        q = self.split_heads(self.linear_q(query_in), batch, seq)  # [B, N, S, D]
         k = self.split_heads(self.linear_k(kv_in), batch, seq)  # [B, N, S, D]
         v = self.split_heads(self.linear_v(kv_in), batch, seq)  # [B, N, S, D]
-        ctx, _ = self.core(q, k, v, bias)  # [B, N, S, D]
-        out = self.linear_out(self.merge_heads(ctx))  # [T, H]
+        out = self.linear_out(self.merge_heads(self.core(q, k, v, mask)))  # [T, H]
         if self.dropout is not None:
             out = self.dropout(out)
         return out
 
 
 class FeedForward(nn.Cell):
-    """H -> F -> H with tanh-GELU: [T, H] -> [T, H]."""
+    """H -> F -> H with the configured activation (`model.activation`): [T, H] -> [T, H]."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, spec: KernelSpec):
         super().__init__()
         out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
-        self.linear_fc1 = Linear(cfg.hidden_size, cfg.ffn_hidden_size, std=cfg.init_std, dtype=cfg.compute_dtype)
-        self.activation = GELU()
+        self.linear_fc1 = Linear(cfg.hidden_size, cfg.ffn_hidden_size, std=cfg.init_std, dtype=cfg.compute_dtype,
+                                 activation=spec.bias_activation(cfg.activation))  # act(x W1 + b1)
         self.linear_fc2 = Linear(cfg.ffn_hidden_size, cfg.hidden_size, std=out_std, dtype=cfg.compute_dtype)
         self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else None
 
     def construct(self, x):
-        out = self.linear_fc2(self.activation(self.linear_fc1(x)))  # [T, H]
+        out = self.linear_fc2(self.linear_fc1(x))  # [T, H]
         if self.dropout is not None:
             out = self.dropout(out)
         return out
 
 
 class Block(nn.Cell):
-    """Pre-LayerNorm block: h + Attn(LN1(h)), then h + FFN(LN2(h)); [T, H] -> [T, H]."""
+    """Pre-LayerNorm block: h + Attn(LN1(h)), then h + FFN(LN2(h)); [T, H] -> [T, H].
 
-    def __init__(self, cfg: ModelConfig):
+    `ln2` adds the attention branch to the residual stream and normalises the sum in one
+    step, returning both (a fused kernel where the device has one)."""
+
+    def __init__(self, cfg: ModelConfig, spec: KernelSpec):
         super().__init__()
-        self.ln1 = LayerNorm(cfg.hidden_size, eps=cfg.layernorm_eps)
-        self.attention = Attention(cfg)
-        self.ln2 = LayerNorm(cfg.hidden_size, eps=cfg.layernorm_eps)
-        self.ffn = FeedForward(cfg)
-        self.residual_attn = P.Add()
+        self.ln1 = spec.layer_norm(cfg.hidden_size, cfg.layernorm_eps)
+        self.attention = Attention(cfg, spec)
+        self.ln2 = spec.add_layer_norm(cfg.hidden_size, cfg.layernorm_eps)
+        self.ffn = FeedForward(cfg, spec)
         self.residual_ffn = P.Add()
 
-    def construct(self, h, bias):
+    def construct(self, h, mask):
         x = self.ln1(h)
-        h = self.residual_attn(h, self.attention(x, x, bias))
-        return self.residual_ffn(h, self.ffn(self.ln2(h)))
+        h, x = self.ln2(self.attention(x, x, mask), h)  # h + Attn(x), LN2 of that
+        return self.residual_ffn(h, self.ffn(x))
 
 
 class QueryLayer(Block):
     """The top query layer: the attention query is `query` (the top query embedding, not
     normalised); keys and values are LN1(h). [T, H] -> [T, H]."""
 
-    def construct(self, h, query, bias):
-        h = self.residual_attn(h, self.attention(query, self.ln1(h), bias))
-        return self.residual_ffn(h, self.ffn(self.ln2(h)))
+    def construct(self, h, query, mask):
+        h, x = self.ln2(self.attention(query, self.ln1(h), mask), h)
+        return self.residual_ffn(h, self.ffn(x))
 
 
 class PanguAlpha(nn.Cell):
-    """The backbone: ids [B, S], position ids [B, S], attention mask [B, S, S] -> h [T, H]."""
+    """The backbone: ids [B, S], position ids [B, S], document ids [B, S] -> h [T, H]."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, spec: KernelSpec):
         super().__init__()
         self.config = cfg
         self.word_embedding = Embedding(cfg.vocab_size, cfg.hidden_size, std=cfg.init_std)
@@ -159,30 +159,23 @@ class PanguAlpha(nn.Cell):
         self.top_query_embedding = Embedding(cfg.seq_length, cfg.hidden_size, std=cfg.init_std)
         self.embedding_add = P.Add()
         self.embedding_dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else None
-        self.blocks = nn.CellList([Block(cfg) for _ in range(cfg.num_layers - 1)])
-        self.final_ln = LayerNorm(cfg.hidden_size, eps=cfg.layernorm_eps)
-        self.query_layer = QueryLayer(cfg)
-        self.mask_to_bias = P.Mul()
-        self.mask_sub = P.Sub()
+        self.attention_mask = spec.attention_mask(cfg)  # document ids -> the attention cores' mask
+        self.blocks = nn.CellList([Block(cfg, spec) for _ in range(cfg.num_layers - 1)])
+        self.final_ln = spec.layer_norm(cfg.hidden_size, cfg.layernorm_eps)
+        self.query_layer = QueryLayer(cfg, spec)
 
-    def attention_bias(self, attention_mask):
-        """mask [B, S, S] (1 attend, 0 blocked) -> additive bias [B, 1, S, S] in fp32: 0 where
-        attended, `MASK_VALUE` (-1e4) where blocked (`mask_bias`, the rule decoding uses too)."""
-        b, s, _ = attention_mask.shape
-        return mask_bias(attention_mask, self.mask_sub, self.mask_to_bias).reshape(b, 1, s, s)
-
-    def construct(self, input_ids, position_ids, attention_mask):
+    def construct(self, input_ids, position_ids, document_ids):
         b, s = input_ids.shape
-        bias = self.attention_bias(attention_mask)  # [B, 1, S, S]
+        mask = self.attention_mask(document_ids)  # causal within each document, built once
         h = self.embedding_add(self.word_embedding(input_ids), self.position_embedding(position_ids))
         h = h.reshape(b * s, -1)  # [T, H]
         if self.embedding_dropout is not None:
             h = self.embedding_dropout(h)
         for block in self.blocks:
-            h = block(h, bias)
+            h = block(h, mask)
         h = self.final_ln(h)
         query = self.top_query_embedding(position_ids).reshape(b * s, -1)  # [T, H]
-        return self.query_layer(h, query, bias)  # [T, H]
+        return self.query_layer(h, query, mask)  # [T, H]
 
 
 LAYER_WEIGHTS: dict[str, str] = {
@@ -220,12 +213,16 @@ class WeightPaths:
 
 
 class PanguAlphaLM(nn.Cell):
-    """Backbone plus the tied head: -> logits [T, V] in fp32."""
+    """Backbone plus the tied head: (ids, position ids, document ids [B, S]) -> logits [T, V] fp32.
 
-    def __init__(self, cfg: ModelConfig):
+    `kernels` is the kernel spec to build with (default: `cfg.kernels` on MindSpore's current
+    device, the chip asked from the device); `kernel_spec` keeps the one used."""
+
+    def __init__(self, cfg: ModelConfig, kernels: KernelSpec | None = None):
         super().__init__()
         self.config = cfg
-        self.backbone = PanguAlpha(cfg)
+        self.kernel_spec = kernels or kernel_spec(cfg.kernels)
+        self.backbone = PanguAlpha(cfg, self.kernel_spec)
         self.vocab_proj = P.MatMul(transpose_b=True)
         self.low_precision = cfg.compute_dtype != "float32"
         self.dtype = compute_dtype(cfg.compute_dtype)
@@ -237,6 +234,11 @@ class PanguAlphaLM(nn.Cell):
         return WeightPaths(model=dict(MODEL_WEIGHTS), layers=blocks + ("backbone.query_layer",),
                            layer=dict(LAYER_WEIGHTS))
 
+    @property
+    def word_table(self) -> Parameter:
+        """The word-embedding table [V, H], also the output matrix."""
+        return self.backbone.word_embedding.embedding_table
+
     def logits(self, h):
         """h [T, H] -> logits [T, V] with the word-embedding table as output matrix."""
         table = self.backbone.word_embedding.embedding_table
@@ -244,94 +246,29 @@ class PanguAlphaLM(nn.Cell):
             return self.cast(self.vocab_proj(self.cast(h, self.dtype), self.cast(table, self.dtype)), ms.float32)
         return self.vocab_proj(h, table)
 
-    def construct(self, input_ids, position_ids, attention_mask):
-        return self.logits(self.backbone(input_ids, position_ids, attention_mask))
-
-
-class CrossEntropy(nn.Cell):
-    """Mean next-token loss over labels that are not `pad_id`: logits [T, V], labels [T] -> [].
-
-    Forward: fp32 log-softmax and a gather of the label's log-probability. Backward is
-    written out: d logits = (softmax - onehot(label)) * w_t / sum(w), computed by the fused
-    sparse softmax-cross-entropy gradient kernel (on CPU about 6x cheaper than the
-    LogSoftmax gradient). Tests compare it with autodiff of `VocabParallelCrossEntropy`.
-    """
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.pad_id = cfg.pad_id
-        self.log_softmax = P.LogSoftmax(-1)
-        self.gather = P.GatherD()
-        self.not_pad = P.NotEqual()
-        self.cast = P.Cast()
-        self.softmax_minus_onehot = P.SparseSoftmaxCrossEntropyWithLogits(is_grad=True)
-        self.zeros_like = P.ZerosLike()
-
-    def weights(self, labels):
-        """labels [T] -> per-token weights w_t / sum(w) [T] (0 on padding)."""
-        w = self.cast(self.not_pad(labels, self.pad_id), ms.float32)  # [T]
-        return w / w.sum().clip(1.0, None)
-
-    def construct(self, logits, labels):
-        logp = self.log_softmax(logits)  # [T, V]
-        nll = -self.gather(logp, 1, labels.reshape(-1, 1)).reshape(-1)  # [T]
-        return (nll * self.weights(labels)).sum()
-
-    def bprop(self, logits, labels, out, dout):
-        t = logits.shape[0]
-        grad = self.softmax_minus_onehot(logits, labels)  # [T, V], (softmax - onehot) / T
-        scale = (self.weights(labels) * (t * dout)).reshape(-1, 1)  # [T, 1]
-        return grad * scale, self.zeros_like(labels)
-
-
-class VocabParallelCrossEntropy(nn.Cell):
-    """The same loss as `CrossEntropy`, composed of named reductions a shard plan can split
-    over the vocabulary axis (autodiff backward). `pangu_ms.parallel.parallelize` puts it in
-    place of `CrossEntropy` when logits are vocab-parallel."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.pad_id = cfg.pad_id
-        self.max = P.ReduceMax(keep_dims=True)
-        self.sub = P.Sub()
-        self.exp = P.Exp()
-        self.sum = P.ReduceSum(keep_dims=True)
-        self.log = P.Log()
-        self.log_sub = P.Sub()
-        # the label's log-probability as a one-hot dot product: each vocab shard contributes
-        # its part and the sum all-reduces, where a gather along the split axis would first
-        # collect the whole [T, V] log-probabilities on every device
-        self.vocab_size = cfg.vocab_size
-        self.one_hot = P.OneHot()
-        self.pick = P.Mul()
-        self.label_sum = P.ReduceSum()
-        self.not_pad = P.NotEqual()
-        self.cast = P.Cast()
-
-    def construct(self, logits, labels):
-        shifted = self.sub(logits, ops.stop_gradient(self.max(logits, -1)))  # [T, V]
-        logp = self.log_sub(shifted, self.log(self.sum(self.exp(shifted), -1)))  # [T, V]
-        hot = self.one_hot(labels, self.vocab_size, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
-        nll = -self.label_sum(self.pick(logp, hot), -1)  # [T]
-        w = self.cast(self.not_pad(labels, self.pad_id), ms.float32)  # [T]
-        return (nll * w).sum() / w.sum().clip(1.0, None)
+    def construct(self, input_ids, position_ids, document_ids):
+        return self.logits(self.backbone(input_ids, position_ids, document_ids))
 
 
 class PanguAlphaWithLoss(nn.Cell):
-    """Training wrapper: rows [B, S+1] -> loss, inputs ids[:, :-1], labels ids[:, 1:]."""
+    """Training wrapper: (rows [B, S+1], position ids, document ids [B, S]) -> loss [].
 
-    def __init__(self, cfg: ModelConfig):
+    Inputs are ids[:, :-1], labels ids[:, 1:]; the loss (the spec's `lm_loss`: tied head and
+    cross-entropy over non-pad labels) takes the final hidden states and the word table."""
+
+    def __init__(self, cfg: ModelConfig, kernels: KernelSpec | None = None):
         super().__init__()
         self.config = cfg
-        self.lm = PanguAlphaLM(cfg)
-        self.loss = CrossEntropy(cfg)
+        self.lm = PanguAlphaLM(cfg, kernels)
+        self.kernel_spec = self.lm.kernel_spec
+        self.loss = self.kernel_spec.lm_loss(cfg)
 
-    def construct(self, input_ids, position_ids, attention_mask):
+    def construct(self, input_ids, position_ids, document_ids):
         s = self.config.seq_length
         tokens = input_ids[:, :s]  # [B, S]
         labels = input_ids[:, 1:].reshape(-1)  # [T]
-        logits = self.lm(tokens, position_ids, attention_mask)  # [T, V]
-        return self.loss(logits, labels)
+        h = self.lm.backbone(tokens, position_ids, document_ids)  # [T, H]
+        return self.loss(h, self.lm.backbone.word_embedding.embedding_table, labels)
 
 
 class PanguAlphaWithMaskedLoss(PanguAlphaWithLoss):
@@ -343,18 +280,19 @@ class PanguAlphaWithMaskedLoss(PanguAlphaWithLoss):
     Same parameters and names as `PanguAlphaWithLoss`: checkpoints move between the two.
     """
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, kernels: KernelSpec | None = None):
+        super().__init__(cfg, kernels)
         self.select = P.Select()
+        self.ones_like = P.OnesLike()
 
-    def construct(self, input_ids, position_ids, attention_mask, loss_mask):
+    def construct(self, input_ids, position_ids, document_ids, loss_mask):
         s = self.config.seq_length
         tokens = input_ids[:, :s]  # [B, S]
         labels = input_ids[:, 1:].reshape(-1)  # [T]
-        pad = ops.ones_like(labels) * self.config.pad_id  # [T]
+        pad = self.ones_like(labels) * self.config.pad_id  # [T]
         labels = self.select(loss_mask.reshape(-1) > 0, labels, pad)  # [T]: unflagged labels -> pad
-        logits = self.lm(tokens, position_ids, attention_mask)  # [T, V]
-        return self.loss(logits, labels)
+        h = self.lm.backbone(tokens, position_ids, document_ids)  # [T, H]
+        return self.loss(h, self.lm.backbone.word_embedding.embedding_table, labels)
 
 
 def count_parameters(cfg: ModelConfig) -> int:

@@ -76,14 +76,20 @@ def _match(glob: str, names: list[str], what: str) -> list[str]:
 
 
 def _swap_loss(model: nn.Cell, plan: Plan) -> None:
-    from pangu_ms.models.pangu_alpha import CrossEntropy, VocabParallelCrossEntropy
+    """Vocab-parallel logits need the loss whose reductions split over the vocabulary; otherwise
+    the loss is the one of the model's kernel spec."""
+    from pangu_ms.kernels.reference import VocabParallelCrossEntropy
 
     if _prefix(model) != "":
         return
-    want = VocabParallelCrossEntropy if plan.vocab_parallel_loss else CrossEntropy
-    if not isinstance(model.loss, want):
-        log.info("parallelize: loss cell %s -> %s", type(model.loss).__name__, want.__name__)
-        model.loss = want(model.config)
+    cfg = model.config
+    is_vp = isinstance(model.loss, VocabParallelCrossEntropy)
+    if plan.vocab_parallel_loss == is_vp:
+        return
+    loss = (VocabParallelCrossEntropy(cfg.pad_id, cfg.vocab_size, cfg.compute_dtype) if plan.vocab_parallel_loss
+            else model.kernel_spec.lm_loss(cfg))
+    log.info("parallelize: loss cell %s -> %s", type(model.loss).__name__, type(loss).__name__)
+    model.loss = loss
 
 
 def _apply_strategies(model: nn.Cell, plan: Plan, parallel: ParallelConfig) -> dict[str, object]:
@@ -113,8 +119,9 @@ def parameter_layouts(model: nn.Cell, chosen: dict[str, object]) -> dict[str, tu
     """Parameter name -> split degree per dimension, from the strategy of its consuming op."""
     out = {}
     for path, cell in named_cells(model).items():
+        consumers = getattr(cell, "param_consumers", PARAM_CONSUMERS)
         for leaf, param in cell.parameters_and_names(expand=False):
-            op, idx = PARAM_CONSUMERS.get(leaf, (None, 0))
+            op, idx = consumers.get(leaf, (None, 0))
             strategy = chosen.get(_join(path, op)) if op else None
             split = tuple(strategy[idx]) if strategy is not None else (1,) * len(param.shape)
             if len(split) != len(param.shape):
@@ -129,11 +136,14 @@ def parameter_layouts(model: nn.Cell, chosen: dict[str, object]) -> dict[str, tu
 
 
 def _check_tied(model: nn.Cell, chosen: dict[str, object]) -> None:
-    """The tied word-embedding table must have one layout for its two users."""
-    lookup, head = chosen.get("lm.backbone.word_embedding.gather"), chosen.get("lm.vocab_proj")
-    if lookup is not None and head is not None and tuple(lookup[0]) != tuple(head[1]):
-        raise PlanError(f"tied embedding table: lookup splits it {lookup[0]} but the output head "
-                        f"splits it {head[1]}; MindSpore needs one layout per parameter")
+    """The tied word-embedding table must have one layout for all its users (the lookup, the
+    inference head, the loss's head)."""
+    lookup = chosen.get("lm.backbone.word_embedding.gather")
+    for path in ("lm.vocab_proj", "loss.head.vocab_proj"):
+        head = chosen.get(path)
+        if lookup is not None and head is not None and tuple(lookup[0]) != tuple(head[1]):
+            raise PlanError(f"tied embedding table: lookup splits it {lookup[0]} but the output head '{path}' "
+                            f"splits it {head[1]}; MindSpore needs one layout per parameter")
 
 
 def _apply_cells(model: nn.Cell, plan: Plan) -> None:
@@ -208,4 +218,5 @@ def parallelize_job(model: nn.Cell, job, info=None) -> nn.Cell:
     from pangu_ms.parallel.plans import plan_for
 
     parallel = info.parallel if info is not None else job.parallel
-    return parallelize(model, plan_for(job.model, parallel, job.recompute), parallel)
+    spec = getattr(model, "kernel_spec", None)  # the plan of the kernels the model holds
+    return parallelize(model, plan_for(job.model, parallel, job.recompute, kernels=spec), parallel)

@@ -89,6 +89,7 @@ def build_report(job: JobConfig, *, devices: int | None = None, rank: int | None
     import mindspore as ms
     from mindspore import nn
 
+    from pangu_ms.kernels.switch import job_kernel_spec
     from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss, count_parameters
     from pangu_ms.parallel.apply import parallelize
     from pangu_ms.parallel.plans import plan_for
@@ -103,9 +104,10 @@ def build_report(job: JobConfig, *, devices: int | None = None, rank: int | None
     if rank is not None and not 0 <= rank < n_dev:
         raise ConfigError(f"--rank {rank} is outside 0..{n_dev - 1} for {n_dev} devices")
     ms.set_device("CPU")
+    kernels = job_kernel_spec(job)  # the kernels of the job's device and chip, built here without running
     with nn.utils.no_init_parameters():
-        model = PanguAlphaWithLoss(job.model)
-    plan = plan_for(job.model, parallel, job.recompute)
+        model = PanguAlphaWithLoss(job.model, kernels)
+    plan = plan_for(job.model, parallel, job.recompute, kernels=kernels)
     parallelize(model, plan, parallel)
     back = read_back(model)
     chosen = {k: (None if v is None else tuple(tuple(x) for x in v)) for k, v in read_strategies(model).items()}

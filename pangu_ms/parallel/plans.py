@@ -12,6 +12,11 @@ recomputed, which cells share a gradient all-reduce fusion group, which paramete
 on more than one stage, and whether logits are vocab-parallel (then the loss cell is
 `VocabParallelCrossEntropy`). `parallelize()` applies all of it.
 
+The plan addresses the reference primitives (`pangu_ms.kernels.reference`: `P.LayerNorm`,
+Add + GeLU, BatchMatMul attention, the log-softmax loss). Where the model was built with a
+fused kernel (`pangu_ms.kernels.switch`), that kernel states its own strategy
+(`KernelSpec.fused_strategies`) and the plan takes it instead of the reference entries.
+
 PanGu-alpha layout (DESIGN.md "Parallelism"): column-parallel Q/K/V and FFN fc1 (weights
 split on the output dim), row-parallel attention output and fc2 (split on the input dim, the
 framework all-reduces the partial sums), attention batch-matmuls and softmax over (batch,
@@ -26,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pangu_ms.config import ModelConfig, ParallelConfig, RecomputeConfig
+from pangu_ms.kernels.switch import KernelSpec
 
 LogicalStrategy = tuple[tuple[str | None, ...], ...]
 REPLICATED = None
@@ -34,10 +40,10 @@ REPLICATED = None
 RULES: dict[str, str] = {"batch": "dp", "heads": "mp", "ffn": "mp", "vocab": "mp", "expert": "ep"}
 
 # parameter leaf name -> (op attribute in the owning cell, input index) that consumes it;
-# the op's strategy for that input is the parameter's layout
+# the op's strategy for that input is the parameter's layout. A cell may say otherwise with its
+# own `param_consumers` (LayerNorm forms, a Linear whose bias its activation adds).
 PARAM_CONSUMERS: dict[str, tuple[str, int]] = {
-    "weight": ("matmul", 1), "bias": ("bias_add", 1), "gamma": ("scale", 1), "beta": ("shift", 1),
-    "embedding_table": ("gather", 0),
+    "weight": ("matmul", 1), "bias": ("bias_add", 1), "embedding_table": ("gather", 0),
 }
 
 B, N, F, V = "batch", "heads", "ffn", "vocab"
@@ -81,10 +87,24 @@ def stage_of_layer(num_layers: int, pp: int, chunks: int = 1) -> list[int]:
 # ------------------------------------------------------------------- building blocks
 
 
-def _layernorm(p: str) -> dict[str, LogicalStrategy]:
-    return {f"{p}.mean": (ROW,), f"{p}.sub": (ROW, ROW), f"{p}.square": (ROW, ROW), f"{p}.rsqrt": (ROW,),
-            f"{p}.add_eps": (ROW, ()), f"{p}.normalize": (ROW, ROW), f"{p}.scale": (ROW, (None,)),
-            f"{p}.shift": (ROW, (None,))}
+class _Roles:
+    """The entries of one role: the fused kernel's own strategy where the spec has one, else
+    the reference primitives' entries given here."""
+
+    def __init__(self, spec: KernelSpec, model: ModelConfig):
+        self.spec, self.model = spec, model
+
+    def __call__(self, role: str, prefix: str, reference: dict) -> dict:
+        fused = self.spec.fused_strategies(role, prefix, self.model)
+        return reference if fused is None else fused
+
+
+def _layernorm(p: str, roles: _Roles) -> dict[str, LogicalStrategy]:
+    return roles("layer_norm", p, {f"{p}.layer_norm": (ROW, (None,), (None,))})
+
+
+def _add_layernorm(p: str, roles: _Roles) -> dict[str, LogicalStrategy]:
+    return roles("add_layer_norm", p, {f"{p}.residual_add": (ROW, ROW), f"{p}.layer_norm": (ROW, (None,), (None,))})
 
 
 def _column(p: str, axis: str) -> dict[str, LogicalStrategy | None]:
@@ -97,62 +117,75 @@ def _row(p: str, axis: str) -> dict[str, LogicalStrategy | None]:
     return {f"{p}.matmul": ((B, axis), (axis, None)), f"{p}.bias_add": (ROW, (None,)), f"{p}.cast": REPLICATED}
 
 
-def _attention(p: str, m: ModelConfig) -> dict[str, LogicalStrategy | None]:
+def _core(p: str, m: ModelConfig, roles: _Roles) -> dict[str, LogicalStrategy | None]:
     bnsd = (B, N, None, None)  # [B, N, S, D] and [B, N, S, S] split over batch and heads
+    ref: dict[str, LogicalStrategy | None] = {
+        f"{p}.scale_q": (bnsd, ()), f"{p}.qk_matmul": (bnsd, bnsd), f"{p}.pv_matmul": (bnsd, bnsd),
+        f"{p}.add_bias": (bnsd, (B, None, None, None)), f"{p}.softmax": (bnsd,), f"{p}.cast": REPLICATED}
+    if m.dropout > 0:
+        ref[f"{p}.dropout.dropout"] = (bnsd,)
+    return roles("core_attention", p, ref)
+
+
+def _attention(p: str, m: ModelConfig, roles: _Roles) -> dict[str, LogicalStrategy | None]:
     out: dict[str, LogicalStrategy | None] = {}
     for name in ("linear_q", "linear_k", "linear_v"):
         out.update(_column(f"{p}.{name}", N))
     out.update(_row(f"{p}.linear_out", N))
-    out.update({f"{p}.scale_q": ((B, N), ()), f"{p}.to_heads": ((B, None, N, None),),
-                f"{p}.from_heads": (bnsd,), f"{p}.cast": REPLICATED,
-                f"{p}.core.qk_matmul": (bnsd, bnsd), f"{p}.core.pv_matmul": (bnsd, bnsd),
-                f"{p}.core.add_bias": (bnsd, (B, None, None, None)), f"{p}.core.softmax": (bnsd,),
-                f"{p}.core.cast": REPLICATED})
-    # mirrors Attention.__init__: the hand-written backward is used without dropout in fp32
-    if m.dropout == 0.0 and m.compute_dtype == "float32":
-        out.update({f"{p}.core.{op}": (bnsd, bnsd) for op in ("do_v", "ds_k", "ds_q", "p_do")})
-        out.update({f"{p}.core.row_sum": (bnsd,), f"{p}.core.zeros_like": REPLICATED})
-    if m.dropout > 0:
-        out.update({f"{p}.core.dropout.dropout": (bnsd,), f"{p}.dropout.dropout": (ROW,)})
-    return out
-
-
-def _ffn(p: str, m: ModelConfig) -> dict[str, LogicalStrategy | None]:
-    tf = (B, F)  # [T, F]
-    out: dict[str, LogicalStrategy | None] = {**_column(f"{p}.linear_fc1", F), **_row(f"{p}.linear_fc2", F)}
-    a = f"{p}.activation"
-    out.update({f"{a}.square": (tf, tf), f"{a}.poly": (tf, ()), f"{a}.add": (tf, ()), f"{a}.inner": (tf, tf),
-                f"{a}.sigmoid": (tf,), f"{a}.gate": (tf, tf)})
+    out.update({f"{p}.to_heads": ((B, None, N, None),), f"{p}.from_heads": ((B, N, None, None),),
+                f"{p}.cast": REPLICATED, **_core(f"{p}.core", m, roles)})
     if m.dropout > 0:
         out[f"{p}.dropout.dropout"] = (ROW,)
     return out
 
 
-def _layer(p: str, m: ModelConfig) -> dict[str, LogicalStrategy | None]:
-    return {**_layernorm(f"{p}.ln1"), **_attention(f"{p}.attention", m), **_layernorm(f"{p}.ln2"),
-            **_ffn(f"{p}.ffn", m), f"{p}.residual_attn": (ROW, ROW), f"{p}.residual_ffn": (ROW, ROW)}
+def _ffn(p: str, m: ModelConfig, roles: _Roles) -> dict[str, LogicalStrategy | None]:
+    tf = (B, F)  # [T, F]
+    fc1, act = f"{p}.linear_fc1", f"{p}.linear_fc1.activation"
+    out: dict[str, LogicalStrategy | None] = {f"{fc1}.matmul": (ROW, (None, F)), f"{fc1}.cast": REPLICATED,
+                                              **_row(f"{p}.linear_fc2", F)}
+    out.update(roles("bias_activation", act, {f"{act}.bias_add": (tf, (F,)), f"{act}.act": (tf,)}))
+    if m.dropout > 0:
+        out[f"{p}.dropout.dropout"] = (ROW,)
+    return out
 
 
-def _loss(vocab_parallel: bool) -> dict[str, LogicalStrategy | None]:
+def _layer(p: str, m: ModelConfig, roles: _Roles) -> dict[str, LogicalStrategy | None]:
+    return {**_layernorm(f"{p}.ln1", roles), **_attention(f"{p}.attention", m, roles),
+            **_add_layernorm(f"{p}.ln2", roles), **_ffn(f"{p}.ffn", m, roles), f"{p}.residual_ffn": (ROW, ROW)}
+
+
+def _mask(p: str, roles: _Roles) -> dict[str, LogicalStrategy | None]:
+    b4 = (B, None, None, None)  # [B, 1, S, S]
+    ref = {f"{p}.same_doc": (b4, b4), f"{p}.causal": ((None, None), (None, None)), f"{p}.both": (b4, (None, None)),
+           f"{p}.cast": REPLICATED, f"{p}.mask_sub": ((), b4), f"{p}.mask_to_bias": (b4, ())}
+    return roles("attention_mask", p, ref)
+
+
+def _loss(vocab_parallel: bool, vocab_split: bool, roles: _Roles) -> dict[str, LogicalStrategy | None]:
+    head = {"loss.head.vocab_proj": (ROW, (V if vocab_split else None, None)), "loss.head.cast": REPLICATED}
     if vocab_parallel:  # VocabParallelCrossEntropy over logits [T, V] split (batch, vocab)
         tv = (B, V)
         # the label pick is a one-hot product summed over the split vocab axis (an all-reduce)
-        return {"loss.max": (tv,), "loss.sub": (tv, ROW), "loss.exp": (tv,), "loss.sum": (tv,),
+        return {**head, "loss.max": (tv,), "loss.sub": (tv, ROW), "loss.exp": (tv,), "loss.sum": (tv,),
                 "loss.log": (ROW,), "loss.log_sub": (tv, ROW), "loss.one_hot": (tv, (), ()),
                 "loss.pick": (tv, tv), "loss.label_sum": (tv,),
                 "loss.not_pad": ((B,), ()), "loss.cast": REPLICATED}
-    return {"loss.log_softmax": (ROW,), "loss.gather": (ROW, ROW), "loss.not_pad": ((B,), ()),
-            "loss.softmax_minus_onehot": (ROW, (B,)), "loss.cast": REPLICATED, "loss.zeros_like": REPLICATED}
+    return roles("lm_loss", "loss", {**head, "loss.log_softmax": (ROW,), "loss.gather": (ROW, ROW),
+                                     "loss.not_pad": ((B,), ()), "loss.cast": REPLICATED})
 
 
 # ------------------------------------------------------------------- the plan
 
 
 def pangu_alpha_plan(model: ModelConfig, parallel: ParallelConfig,
-                     recompute: RecomputeConfig | None = None, *, grad_agg_layers: int = 4) -> Plan:
-    """The paper's layout for `PanguAlphaWithLoss(model)` on mesh `parallel`."""
+                     recompute: RecomputeConfig | None = None, *, grad_agg_layers: int = 4,
+                     kernels: KernelSpec | None = None) -> Plan:
+    """The paper's layout for `PanguAlphaWithLoss(model, kernels)` on mesh `parallel` (the
+    reference kernels when `kernels` is None)."""
     vocab_split = parallel.pp > 1 or not parallel.vocab_emb_dp
     vocab_parallel = vocab_split and parallel.mp > 1
+    roles = _Roles(kernels or KernelSpec(), model)
     bb = "lm.backbone"
     s: dict[str, LogicalStrategy | None] = {
         # vocab-split table: ids not split (the framework masks and all-reduces over mp)
@@ -160,12 +193,12 @@ def pangu_alpha_plan(model: ModelConfig, parallel: ParallelConfig,
         f"{bb}.position_embedding.gather": ((None, None), (B, None)),
         f"{bb}.top_query_embedding.gather": ((None, None), (B, None)),
         f"{bb}.embedding_add": ((B, None, None), (B, None, None)),
-        f"{bb}.mask_sub": ((), (B, None, None)),
-        f"{bb}.mask_to_bias": ((B, None, None), ()),
-        **_layer(f"{bb}.blocks.*", model), **_layernorm(f"{bb}.final_ln"), **_layer(f"{bb}.query_layer", model),
-        "lm.vocab_proj": (ROW, (V if vocab_split else None, None)),  # table [V, H], transpose_b
+        **_mask(f"{bb}.attention_mask", roles),
+        **_layer(f"{bb}.blocks.*", model, roles), **_layernorm(f"{bb}.final_ln", roles),
+        **_layer(f"{bb}.query_layer", model, roles),
+        "lm.vocab_proj": (ROW, (V if vocab_split else None, None)),  # table [V, H], transpose_b (inference)
         "lm.cast": REPLICATED,
-        **_loss(vocab_parallel),
+        **_loss(vocab_parallel, vocab_split, roles),
     }
     if model.dropout > 0:
         s[f"{bb}.embedding_dropout.dropout"] = (ROW,)
@@ -218,6 +251,7 @@ PLANS = {"pangu_alpha": pangu_alpha_plan}
 
 
 def plan_for(model: ModelConfig, parallel: ParallelConfig, recompute: RecomputeConfig | None = None,
-             *, family: str = "pangu_alpha") -> Plan:
-    """The plan of model `family` (only PanGu-alpha so far) for this mesh and recompute mode."""
-    return PLANS[family](model, parallel, recompute, grad_agg_layers=parallel.grad_agg_layers)
+             *, family: str = "pangu_alpha", kernels: KernelSpec | None = None) -> Plan:
+    """The plan of model `family` (only PanGu-alpha so far) for this mesh and recompute mode,
+    for a model built with kernel spec `kernels` (None: the reference kernels)."""
+    return PLANS[family](model, parallel, recompute, grad_agg_layers=parallel.grad_agg_layers, kernels=kernels)

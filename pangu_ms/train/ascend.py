@@ -9,7 +9,7 @@ accumulated micro-batch gradients to the update.
 Order on Ascend (each process, launched by msrun or a rank table):
     info = init_parallel(job)                       # communication only
     net, trainer = build_ascend_trainer(job, info)  # see below
-    loss, overflow, norm = trainer.cell(input_ids, position_id, attention_mask)  # this rank's 1/dp rows
+    loss, overflow, norm = trainer.cell(input_ids, position_id, document_id)  # this rank's 1/dp rows
 
 `build_ascend_trainer`: the model, its plan, the optimizer and the step are built inside
 `mindspore.nn.utils.no_init_parameters()`, so no weight is materialised on the host; the
@@ -31,8 +31,8 @@ from mindspore.parallel.nn.parallel_grad_reducer import grad_scale, shard_grad_s
 from pangu_ms.config import JobConfig, ParallelConfig
 from pangu_ms.train.step import TrainStep, Trainer, new_loss_scale
 
-TRAIN_INPUT_RANKS = (2, 2, 3)
-"""Ranks of the step's inputs: input_ids [B, S+1], position_id [B, S], attention_mask [B, S, S]
+TRAIN_INPUT_RANKS = (2, 2, 2)
+"""Ranks of the step's inputs: input_ids [B, S+1], position_id [B, S], document_id [B, S]
 (`pangu_ms.data.dataset.build_dataset`'s columns; a test keeps the two in step)."""
 
 
@@ -94,6 +94,7 @@ def build_ascend_trainer(job: JobConfig, info, *, strategy_dir: str | None = Non
 
     The evaluation network is the loss network in its own `AutoParallel` wrapper fed whole
     batches (every rank evaluates the same held-out rows)."""
+    from pangu_ms.kernels.switch import job_kernel_spec
     from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
     from pangu_ms.parallel.apply import mark_lazy_inline, parallelize_job
     from pangu_ms.parallel.context import auto_parallel
@@ -101,7 +102,7 @@ def build_ascend_trainer(job: JobConfig, info, *, strategy_dir: str | None = Non
 
     parallel = info.parallel
     with nn.utils.no_init_parameters():
-        net = parallelize_job(PanguAlphaWithLoss(job.model), job, info)
+        net = parallelize_job(PanguAlphaWithLoss(job.model, job_kernel_spec(job)), job, info)
         mark_lazy_inline(net)
         optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
         step = ascend_train_cell(net, optimizer, job, parallel)

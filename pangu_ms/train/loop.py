@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
 import time
 import zlib
 from dataclasses import dataclass
@@ -30,9 +28,6 @@ from pangu_ms.train.metrics import MetricsLog, plot_loss, summary_text, unigram_
 from pangu_ms.train.optimizer import build_optimizer, lr_at
 
 logger = logging.getLogger(__name__)
-
-# fault injection for the resume tests: SIGKILL this process right after that optimizer step
-KILL_AFTER_STEP_ENV = "PANGU_MS_TEST_KILL_AFTER_STEP"
 
 
 @dataclass
@@ -176,6 +171,7 @@ def _check_same_data_layout(meta: dict[str, Any], sharding: dict[str, int], accu
 
 def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
     """(loss network, trainer, dataset sharding) for the parallel mode in use."""
+    from pangu_ms.kernels.switch import job_kernel_spec
     from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss, PanguAlphaWithMaskedLoss
     from pangu_ms.parallel import parallelize_job
     from pangu_ms.train.step import Trainer
@@ -190,7 +186,8 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
                               "semi-auto parallel (parallel.dp only)")
         net, trainer = build_ascend_trainer(job, info)
         return net, trainer, data_sharding(job, info)
-    net = parallelize_job((PanguAlphaWithMaskedLoss if masked else PanguAlphaWithLoss)(job.model), job, info)
+    net = parallelize_job((PanguAlphaWithMaskedLoss if masked else PanguAlphaWithLoss)(job.model, job_kernel_spec(job)),
+                          job, info)
     optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
     trainer = Trainer(net, optimizer, job.optimizer, accum_steps=job.train.grad_accum_steps)
     return net, trainer, dict(batch_size=micro_batch_size(job, info.dp_size), num_shards=info.dp_size,
@@ -199,7 +196,7 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
 
 def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int, *, batch_size: int,
                    num_shards: int, shard_id: int) -> Iterator[tuple]:
-    """Endless (input_ids, position_id, attention_mask) micro-batches from `start_step` on."""
+    """Endless (input_ids, position_id, document_id) micro-batches from `start_step` on."""
     from pangu_ms.data.dataset import build_dataset
 
     dataset = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size, eod_id=job.model.eod_id,
@@ -258,8 +255,6 @@ def _run(job, trainer, batches, evaluator, pos: _Position, log: MetricsLog, chec
         if pos.step % job.checkpoint.every_steps == 0 or pos.step == total:  # every rank saves its slices
             checkpointer.save(step=pos.step, data_step=pos.data_step, tokens_seen=pos.tokens_seen,
                               extra_meta={"loss": res.loss, "loss_scale": res.loss_scale, **meta})
-        if os.environ.get(KILL_AFTER_STEP_ENV) == str(pos.step):
-            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     return {**last, "t_loop_start": t_loop, "train_s": time.time() - t_loop, "pos": pos}
 

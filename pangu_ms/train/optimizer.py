@@ -3,6 +3,12 @@
 The paper (Zeng et al. 2021): AdamW (beta 0.9 / 0.95, eps 1e-8), weight decay 0.1 except on
 LayerNorm parameters and biases, linear warmup then cosine decay. Optimizer state (Adam
 moments) is fp32 because the parameters are fp32 whatever the compute dtype.
+
+`build_optimizer` makes the `nn.AdamWeightDecay` that holds the state (moments `adam_m.*` /
+`adam_v.*`, `global_step`, the schedule). With the fused kernels on CPU the train step applies
+that same update with one C++ launch over every parameter instead (`FusedAdamWUpdate`, built
+by `pangu_ms.train.step` from the optimizer): the state and its checkpoint names are the same,
+so a run can resume with the other kernels.
 """
 from __future__ import annotations
 
@@ -68,6 +74,37 @@ def param_groups(params: list[Parameter], weight_decay: float) -> list[dict]:
     no_decay = [p for p in params if not decays(p.name)]
     groups = [{"params": g, "weight_decay": wd} for g, wd in ((decay, weight_decay), (no_decay, 0.0)) if g]
     return groups + [{"order_params": params}]
+
+
+class FusedAdamWUpdate(nn.Cell):
+    """The update of an `nn.AdamWeightDecay` (`build_optimizer`) in one launch of the C++
+    `FusedAdamW` kernel, on that optimizer's own Parameters: weights, moments, `global_step` and
+    learning-rate schedule.
+
+    `construct(grads, factor [] fp32, overflow [] bool) -> applied [] bool`: grads are still
+    loss-scaled, `factor` is 1 / (scale x accumulation) times the clip factor; on overflow nothing
+    is written and the step counter stays (as the reference step skips the optimizer call).
+    """
+
+    def __init__(self, optimizer: nn.AdamWeightDecay, opt: OptimizerConfig):
+        super().__init__(auto_prefix=False)
+        from pangu_ms.kernels.cpu_training import FusedAdamW
+
+        self.optimizer = optimizer
+        self.kernel = FusedAdamW(optimizer.parameters, beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps,
+                                 weight_decay=opt.weight_decay, decay=decays, bias_correction=False)
+        if not self.kernel.fused:
+            raise RuntimeError("FusedAdamWUpdate: the C++ training library is not available here")
+        # the optimizer's moments, not fresh copies: one set of state, the reference's names
+        self.kernel.moments1 = optimizer.moments1
+        self.kernel.moments2 = optimizer.moments2
+        self.step_increment = ops.AssignAdd()
+
+    def construct(self, grads, factor, overflow):
+        step = self.optimizer.global_step
+        lr = self.optimizer.get_lr()  # the schedule at global_step (before this update)
+        applied = self.kernel(grads, factor, overflow, lr, (step + 1).reshape(()))
+        return ops.depend(applied, self.step_increment(step, ops.cast(applied, ms.int32).reshape(1)))
 
 
 def build_optimizer(params: list[Parameter], opt: OptimizerConfig, sched: ScheduleConfig,

@@ -7,7 +7,10 @@ One optimizer step, whatever the path (CPU, data parallel, the Ascend pipeline, 
     overflow = not isfinite(norm)         (the loss scale is halved on overflow, doubled after
                                            `loss_scale_window` clean steps)
     if not overflow:  AdamW(grads / (scale * K) * clip / max(norm, clip))   (else skipped)
-and the step returns (loss, overflow, norm).
+and the step returns (loss, overflow, norm). With `fused_update` (the CPU fused kernels) the
+last line is one C++ launch over every parameter, taking the scaled gradients, the combined
+factor and the overflow flag (`pangu_ms.train.optimizer.FusedAdamWUpdate`): no separate
+unscale pass over the gradients and no branch in the graph; the norm is one C++ launch too.
 
 The overflow flag comes from the norm of the reduced gradients, so it is the same on every
 data-parallel rank (an inf on one rank reaches all through the all-reduce) and needs no NPU
@@ -24,6 +27,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from pangu_ms.config import OptimizerConfig
+from pangu_ms.train.optimizer import FusedAdamWUpdate
 
 _unscale = ops.MultitypeFuncGraph("_unscale")
 _square_sum = ops.MultitypeFuncGraph("_square_sum")
@@ -50,18 +54,32 @@ def data_parallel_size() -> int:
     return 1
 
 
+def wants_fused_update(network: nn.Cell) -> bool:
+    """True when `network` (a loss Cell of `PanguAlphaLM`: it or its `lm` holds the kernel spec)
+    was built with the CPU fused kernels, whose spec applies AdamW with the fused kernel too."""
+    spec = getattr(network, "kernel_spec", None) or getattr(getattr(network, "lm", None), "kernel_spec", None)
+    return bool(spec is not None and spec.fused_optimizer)
+
+
 class GradientUpdate(nn.Cell):
     """The update of the module docstring: reduce, norm, overflow, loss-scale update, clip, AdamW.
 
     `reducer` maps the gradient tuple to the reduced one (`nn.DistributedGradReducer` under data
     parallel, MindSpore's `PipelineGradReducer` on Ascend); None with the data-parallel context
     picks the data-parallel mean itself, so CPU callers need not know how they were launched.
+    `fused_update` applies `optimizer`'s AdamW with the fused C++ kernel (its state unchanged).
     """
 
     def __init__(self, optimizer: nn.Optimizer, loss_scale: Parameter, opt: OptimizerConfig, *,
-                 reducer: nn.Cell | None = None):
+                 reducer: nn.Cell | None = None, fused_update: bool = False):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
+        self.fused_update = FusedAdamWUpdate(optimizer, opt) if fused_update else None
+        self.square_norm = None
+        if fused_update:  # the squared global norm in one C++ pass too
+            from pangu_ms.kernels.cpu_training import GradSquaredNorm
+
+            self.square_norm = GradSquaredNorm()
         self.weights = optimizer.parameters
         self.loss_scale = loss_scale
         self.scale_update = nn.DynamicLossScaleUpdateCell(opt.loss_scale, opt.loss_scale_factor,
@@ -88,12 +106,17 @@ class GradientUpdate(nn.Cell):
             grads = self.reducer(grads)
         # norm of the unscaled gradients from the scaled ones: one elementwise pass (the
         # multiply below) instead of separate unscale and clip passes over every gradient
-        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) * inv_scale  # [] fp32
+        if self.square_norm is not None:
+            norm = ops.sqrt(self.square_norm(grads)) * inv_scale  # [] fp32
+        else:
+            norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) * inv_scale  # [] fp32
         overflow = ops.logical_not(ops.isfinite(norm))
         overflow = self.scale_update(self.loss_scale, overflow)
         factor = inv_scale
         if self.clip_norm > 0:
             factor = factor * (self.clip_norm / ops.maximum(norm, self.clip_norm))
+        if self.fused_update is not None:  # unscale, clip, skip-on-overflow inside the one kernel
+            return overflow, ops.depend(norm, self.fused_update(grads, factor, overflow))
         grads = self.hyper_map(ops.partial(_unscale, factor), grads)
         if not overflow:
             norm = ops.depend(norm, self.optimizer(grads))
@@ -105,8 +128,8 @@ class TrainStep(GradientUpdate):
     data-parallel ranks), overflow [] bool, grad norm [] fp32)."""
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, loss_scale: Parameter, opt: OptimizerConfig, *,
-                 reducer: nn.Cell | None = None):
-        super().__init__(optimizer, loss_scale, opt, reducer=reducer)
+                 reducer: nn.Cell | None = None, fused_update: bool = False):
+        super().__init__(optimizer, loss_scale, opt, reducer=reducer, fused_update=fused_update)
         self.network = network
         self.network.set_grad()
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
@@ -150,8 +173,8 @@ class ApplyStep(GradientUpdate):
     grad norm [] fp32."""
 
     def __init__(self, optimizer: nn.Optimizer, accum: ParameterTuple, loss_scale: Parameter,
-                 loss_sum: Parameter, opt: OptimizerConfig, accum_steps: int):
-        super().__init__(optimizer, loss_scale, opt)
+                 loss_sum: Parameter, opt: OptimizerConfig, accum_steps: int, *, fused_update: bool = False):
+        super().__init__(optimizer, loss_scale, opt, fused_update=fused_update)
         self.accum = accum
         self.loss_sum = loss_sum
         self.accum_steps = float(accum_steps)
@@ -170,12 +193,13 @@ class AccumTrainCell(nn.Cell):
     loss scale and its counters, accumulators). Driven from Python by `Trainer.step`."""
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, loss_scale: Parameter,
-                 opt: OptimizerConfig, accum_steps: int):
+                 opt: OptimizerConfig, accum_steps: int, *, fused_update: bool = False):
         super().__init__(auto_prefix=False)
         accum = ParameterTuple(optimizer.parameters).clone(prefix="accum", init="zeros")
         loss_sum = Parameter(Tensor(0.0, ms.float32), name="accum.loss_sum", requires_grad=False)
         self.accumulate_step = AccumulateStep(network, optimizer.parameters, accum, loss_scale, loss_sum)
-        self.apply_step = ApplyStep(optimizer, accum, loss_scale, loss_sum, opt, accum_steps)
+        self.apply_step = ApplyStep(optimizer, accum, loss_scale, loss_sum, opt, accum_steps,
+                                    fused_update=fused_update)
 
 
 @dataclass
@@ -201,21 +225,24 @@ class Trainer:
     `accum_steps` micro-batches per step are accumulated in Python-driven Cells on CPU. With
     `cell` given (the Ascend step of `pangu_ms.train.ascend`, which micro-batches inside its
     graph), that Cell is run on one global batch per step instead. `cell` is what checkpoints
-    save and load (weights, optimizer state, loss scale).
+    save and load (weights, optimizer state, loss scale). The AdamW update is the fused C++
+    kernel when `network` was built with the CPU fused kernels (`wants_fused_update`).
     """
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, opt: OptimizerConfig, *, accum_steps: int = 1,
                  cell: nn.Cell | None = None):
         self.optimizer = optimizer
+        self.fused_update = cell is None and wants_fused_update(network)
         if cell is not None:
             self.accum_steps, self.cell, self.loss_scale = 1, cell, cell.loss_scale
         else:
             self.accum_steps = accum_steps
             self.loss_scale = new_loss_scale(opt)
             if accum_steps == 1:
-                self.cell = TrainStep(network, optimizer, self.loss_scale, opt)
+                self.cell = TrainStep(network, optimizer, self.loss_scale, opt, fused_update=self.fused_update)
             else:
-                self.cell = AccumTrainCell(network, optimizer, self.loss_scale, opt, accum_steps)
+                self.cell = AccumTrainCell(network, optimizer, self.loss_scale, opt, accum_steps,
+                                           fused_update=self.fused_update)
         self.cell.set_train(True)
 
     def step(self, micro_batches: list[tuple]) -> StepResult:

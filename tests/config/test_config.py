@@ -106,8 +106,25 @@ def test_choice_fields_are_checked_with_the_nearest_choice(tmp_path):
     # direct construction is checked the same way as loading
     from pangu_ms.config import ModelConfig
 
-    with pytest.raises(ConfigError, match=r"compute_dtype='bfloat16': use one of 'float32', 'float16'"):
-        ModelConfig(compute_dtype="bfloat16")
+    with pytest.raises(ConfigError, match=r"compute_dtype='bf16': use one of 'float32', 'float16', 'bfloat16'"):
+        ModelConfig(compute_dtype="bf16")
+    with pytest.raises(ConfigError, match=r"model\.kernels='fusd': .*did you mean 'fused'"):
+        load_config(run, ["run.device=CPU", "model.kernels=fusd"])
+
+
+@pytest.mark.parametrize("device,chip,refused", [("CPU", "auto", True), ("Ascend", "910A", True),
+                                                 ("Ascend", "910B", False), ("Ascend", "auto", False)])
+def test_bf16_is_refused_where_it_cannot_run(tmp_path, device, chip, refused):
+    from pangu_ms.config import validate_job
+
+    run = write(tmp_path, "run.yaml", f"model:\n  compute_dtype: bfloat16\nrun:\n  device: {device}\n"
+                                      f"  ascend_chip: '{chip}'\n")
+    job = load_config(run)
+    if refused:
+        with pytest.raises(ConfigError, match=rf"model\.compute_dtype=bfloat16 with run\.device={device}"):
+            validate_job(job, "pretrain")
+    else:
+        validate_job(job, "pretrain")
 
 
 def test_every_choice_field_is_a_literal_checked_by_the_loader():
@@ -126,7 +143,9 @@ def test_every_choice_field_is_a_literal_checked_by_the_loader():
             if typing.get_origin(tp) is typing.Literal:
                 choices[f"{cls.__name__}.{f.name}"] = typing.get_args(tp)
     assert choices == {
-        "ModelConfig.compute_dtype": ("float32", "float16"),
+        "ModelConfig.compute_dtype": ("float32", "float16", "bfloat16"),
+        "ModelConfig.activation": ("gelu", "fast_gelu"), "ModelConfig.kernels": ("reference", "fused"),
+        "RunConfig.ascend_chip": ("auto", "910A", "910B"),
         "TokenizerConfig.model_type": ("unigram", "bpe"), "TokenizerConfig.normalization": ("nmt_nfkc", "identity"),
         "RecomputeConfig.mode": ("none", "full", "selective"), "ScheduleConfig.kind": ("cosine", "constant"),
         "ParallelConfig.pipeline_scheduler": ("1f1b", "gpipe", "interleaved_1f1b"),

@@ -1,11 +1,14 @@
-"""build_dataset: end-of-document reset vs a loop reference, rank shards, exact resume."""
+"""build_dataset: end-of-document reset vs a loop reference, rank shards, exact resume.
+
+The pipeline ships document ids, not masks: the reference mask below is compared with the mask
+the model derives from them (`attention_allowed`, the NumPy twin of `SameDocument`)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from mindspore.mindrecord import FileWriter
 
-from pangu_ms.data.dataset import build_dataset, eod_reset, row_schema
+from pangu_ms.data.dataset import attention_allowed, build_dataset, eod_reset, row_schema
 from pangu_ms.errors import DataError
 
 EOD = 8
@@ -50,7 +53,9 @@ def collect(data, key: str = "input_ids") -> np.ndarray:
 
 def test_eod_reset_matches_loop_reference():
     rows = np.array(CRAFTED, np.int32)
-    pos, mask = eod_reset(rows, EOD)
+    pos, doc = eod_reset(rows, EOD)
+    assert pos.dtype == doc.dtype == np.int32 and doc.shape == (len(rows), S)
+    mask = attention_allowed(doc).astype(np.float32)
     for r, row in enumerate(rows):
         ref_pos, ref_mask = reference_reset(row, EOD)
         np.testing.assert_array_equal(pos[r], ref_pos)
@@ -58,12 +63,14 @@ def test_eod_reset_matches_loop_reference():
     # the eod token attends to its own document: row 0, position 3 sees 0..3
     np.testing.assert_array_equal(mask[0, 3], [1, 1, 1, 1] + [0] * (S - 4))
     np.testing.assert_array_equal(pos[0], [0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(doc[0], [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
+    np.testing.assert_array_equal(doc[3, :6], [0, 1, 2, 2, 3, 4])  # consecutive eods: one-token documents
 
 
 def test_eod_reset_off_is_plain_causal():
-    pos, mask = eod_reset(np.array(CRAFTED, np.int32), EOD, reset_at_eod=False)
+    pos, doc = eod_reset(np.array(CRAFTED, np.int32), EOD, reset_at_eod=False)
     assert (pos == np.arange(S)).all()
-    assert (mask == np.tril(np.ones((S, S)))).all()
+    assert (attention_allowed(doc) == np.tril(np.ones((S, S), bool))).all()
 
 
 def test_pipeline_columns_and_values(tmp_path):
@@ -75,12 +82,13 @@ def test_pipeline_columns_and_values(tmp_path):
     b = batches[0]
     assert b["input_ids"].shape == (2, S + 1) and b["input_ids"].dtype == np.int32
     assert b["position_id"].shape == (2, S) and b["position_id"].dtype == np.int32
-    assert b["attention_mask"].shape == (2, S, S) and b["attention_mask"].dtype == np.float32
+    assert b["document_id"].shape == (2, S) and b["document_id"].dtype == np.int32
+    assert "attention_mask" not in b  # no [B, S, S] tensor leaves the host
     for b in batches:
-        for row, pos, mask in zip(b["input_ids"], b["position_id"], b["attention_mask"]):
+        for row, pos, doc in zip(b["input_ids"], b["position_id"], b["document_id"]):
             ref_pos, ref_mask = reference_reset(row, EOD)
             np.testing.assert_array_equal(pos, ref_pos)
-            np.testing.assert_array_equal(mask, ref_mask)
+            np.testing.assert_array_equal(attention_allowed(doc), ref_mask.astype(bool))
 
 
 @pytest.fixture()

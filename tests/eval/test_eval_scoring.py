@@ -50,8 +50,8 @@ def _reference_logprobs(lm, seq: list[int]) -> np.ndarray:
     s = len(seq) - 1
     ids = Tensor(np.array([seq[:-1]], np.int32))
     pos = Tensor(np.arange(s, dtype=np.int32)[None])
-    mask = Tensor(np.tril(np.ones((s, s), np.float32))[None])
-    logits = lm(ids, pos, mask).asnumpy().astype(np.float64)  # [s, V]
+    doc = Tensor(np.zeros((1, s), np.int32))  # one document: a plain causal mask
+    logits = lm(ids, pos, doc).asnumpy().astype(np.float64)  # [s, V]
     logp = logits - logits.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     return logp[np.arange(s), seq[1:]]

@@ -36,8 +36,8 @@ def test_finetune_loss_equals_scored_label_nll_plus_weighted_lm_nll():
     offset = 24 * np.arange(4)[:, None]
     rows = (where + offset).reshape(-1).astype(np.int32)
     lm_pos, lm_tgt = lm_targets(ids, where[:, 0], 5, 6, np.random.default_rng(0))
-    pos, mask = eod_reset(np.zeros((4, 25), np.int32), 0, reset_at_eod=False)
-    inputs = (Tensor(ids), Tensor(pos), Tensor(mask), Tensor(rows), Tensor(labels.reshape(-1)),
+    pos, doc = eod_reset(np.zeros((4, 25), np.int32), 0, reset_at_eod=False)
+    inputs = (Tensor(ids), Tensor(pos), Tensor(doc), Tensor(rows), Tensor(labels.reshape(-1)),
               Tensor((lm_pos + offset).reshape(-1).astype(np.int32)), Tensor(lm_tgt.reshape(-1)))
     scorer = Scorer(lm, batch_size=4, length_bucket=8)
     items = [(tok.encode(task.render(e.text)[0]), tok.encode(task.labels[e.label])) for e in examples]
@@ -112,9 +112,9 @@ def test_with_dropout_keeps_the_weights_and_only_drops_in_training():
     assert noisy.config.dropout == 0.3 and with_dropout(lm, lm.config.dropout) is lm
     tok, task = CharTok(), TaskConfig(template="{text}>{label}", labels={"1": "YES", "0": "N"})
     ids, where, labels = build_rows([Example("abcdef", "1"), Example("xyz", "0")], task, tok, max_tokens=16, pad_id=6)
-    pos, mask = eod_reset(np.zeros((2, 17), np.int32), 0, reset_at_eod=False)
+    pos, doc = eod_reset(np.zeros((2, 17), np.int32), 0, reset_at_eod=False)
     rows = Tensor((where + 16 * np.arange(2)[:, None]).reshape(-1).astype(np.int32))
-    inputs = (Tensor(ids), Tensor(pos), Tensor(mask), rows, Tensor(labels.reshape(-1)), rows, Tensor(labels.reshape(-1)))
+    inputs = (Tensor(ids), Tensor(pos), Tensor(doc), rows, Tensor(labels.reshape(-1)), rows, Tensor(labels.reshape(-1)))
     loss = FinetuneLoss(noisy)
     noisy.set_train(True)
     first, second = (float(loss(*inputs).asnumpy()) for _ in range(2))

@@ -6,6 +6,7 @@ import pytest
 from mindspore import Tensor, nn, ops
 
 from pangu_testing import LM_SEQ as SEQ
+from pangu_testing import require_cpu_kernels
 from pangu_ms.infer.decode_ops import CpuStepOps, StepOps
 from pangu_ms.infer.decoder import CacheFullError, GenerationError, IncrementalDecoder, left_pad
 from pangu_ms.infer.kv_cache import DecoderCore, ExportStep, KVCache, StepCell, weight_groups
@@ -15,16 +16,16 @@ from pangu_ms.infer.kv_cache import DecoderCore, ExportStep, KVCache, StepCell, 
 def full_logits(tiny_lm):
     """Full recompute with the model itself: logits [V] after `seq`, one compiled [1, SEQ] graph.
 
-    The prefix is right-padded to SEQ under a causal mask, so position len-1 sees exactly the
-    prefix (what an unpadded forward over the prefix computes).
+    The prefix is right-padded to SEQ under a causal mask (one document), so position len-1
+    sees exactly the prefix (what an unpadded forward over the prefix computes).
     """
-    mask = Tensor(np.tril(np.ones((SEQ, SEQ), np.float32))[None])
+    doc = Tensor(np.zeros((1, SEQ), np.int32))
     pos = Tensor(np.arange(SEQ, dtype=np.int32)[None])
 
     def run(seq: list[int]) -> np.ndarray:
         ids = np.full((1, SEQ), 6, np.int32)
         ids[0, :len(seq)] = seq
-        return tiny_lm(Tensor(ids), pos, mask).asnumpy()[len(seq) - 1]
+        return tiny_lm(Tensor(ids), pos, doc).asnumpy()[len(seq) - 1]
 
     return run
 
@@ -54,6 +55,19 @@ def _greedy_check(dec: IncrementalDecoder, prompts: list[list[int]], full_logits
             s.append(int(tok[r]))
         logits = dec.step(tok)
         steps += 1
+
+
+def test_the_default_decoder_runs_the_cpp_kernels(decoder1, decoder3):
+    """The decoders compared with full recompute below use the C++ step kernels, not a silent
+    fallback to the reference ops (which the reference-kernel test covers on its own)."""
+    require_cpu_kernels()
+    for dec in (decoder1, decoder3):
+        ops_ = dec.core.step_ops
+        assert type(ops_) is CpuStepOps and dec.core.cpu_kernels
+        kernels = [ops_.cpu_linear, ops_.cpu_linear_residual, ops_.cpu_linear_gelu, ops_.cpu_head,
+                   ops_.cpu_attention, ops_.cpu_write]
+        assert all(k.fused for k in kernels), [type(k).__name__ for k in kernels if not k.fused]
+        assert ops_.layer_norm.fused and ops_.gelu.fused
 
 
 @pytest.mark.parametrize("length", [1, 5, SEQ - 1])

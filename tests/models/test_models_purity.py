@@ -1,4 +1,5 @@
-"""The model files are math (STYLE.md): no parallel code, read from their syntax trees.
+"""The model files are math (STYLE.md): no parallel code and no device or fused-kernel code (the
+kernel spec brings those), read from their syntax trees.
 
 An AST scan rather than a text search: comments and docstrings may name `parallelize()`,
 and a renamed import (`from mindspore import context as c; c.set_auto_parallel_context`)
@@ -15,10 +16,12 @@ MODELS = Path(__file__).resolve().parents[2] / "pangu_ms" / "models"
 
 # method calls and attribute writes that belong to the parallel package only
 FORBIDDEN_CALLS = {"shard", "recompute", "set_comm_fusion", "add_pipeline_stage", "set_auto_parallel_context",
-                   "AutoParallel"}
+                   "AutoParallel", "Custom"}
 FORBIDDEN_ATTRS = {"pipeline_stage", "in_strategy", "parallel_optimizer"}
-FORBIDDEN_IMPORTS = ("pangu_ms.parallel", "mindspore.parallel", "mindspore.communication")
-FORBIDDEN_NAMES = {"ParallelConfig", "RecomputeConfig"}
+FORBIDDEN_IMPORTS = ("pangu_ms.parallel", "mindspore.parallel", "mindspore.communication",
+                     "pangu_ms.kernels.cpu_fused", "pangu_ms.kernels.cpu_training", "pangu_ms.kernels.ascend")
+FORBIDDEN_NAMES = {"ParallelConfig", "RecomputeConfig", "Custom", "FlashAttentionScore", "AddLayerNormV2"}
+FORBIDDEN_STRINGS = {"CPU", "Ascend", "GPU", "910A", "910B"}  # device choices belong to the kernel switch
 
 
 def violations(source: str) -> list[str]:
@@ -44,6 +47,8 @@ def violations(source: str) -> list[str]:
                         out.append(f"line {node.lineno}: import of {n}")
         elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
             out.append(f"line {node.lineno}: name {node.id}")
+        elif isinstance(node, ast.Constant) and node.value in FORBIDDEN_STRINGS:
+            out.append(f"line {node.lineno}: device string {node.value!r}")
     return out
 
 
@@ -65,6 +70,9 @@ def test_the_scan_catches_each_construct():
         "from mindspore import context as c\nc.set_auto_parallel_context(full_batch=True)":
             "call to set_auto_parallel_context()",
         "def f(p: ParallelConfig): pass": "name ParallelConfig",
+        "from pangu_ms.kernels.cpu_training import FlashAttention": "import of pangu_ms.kernels.cpu_training",
+        "self.k = ops.Custom(lib + ':F', func_type='aot')": "call to Custom()",
+        "if device == 'Ascend': pass": "device string 'Ascend'",
     }
     for code, what in bad.items():
         assert any(what in v for v in violations(code)), code

@@ -40,7 +40,7 @@ def test_ascend_trainer_is_built_without_weights_and_wrapped(tmp_path):
     eval_net, trainer = build_ascend_trainer(job, info_for(p, 5), strategy_dir=str(tmp_path))
     assert type(trainer.cell) is AutoParallel and type(eval_net) is AutoParallel
     back = read_auto_parallel(trainer.cell)
-    assert back["dataset_strategy"] == ((2, 1), (2, 1), (2, 1, 1)) and back["full_batch"] is False
+    assert back["dataset_strategy"] == ((2, 1), (2, 1), (2, 1)) and back["full_batch"] is False
     assert back["pipeline_stages"] == 2 and back["optimizer_shard"] is True
     assert back["strategy_file"] == str(tmp_path / "strategy_rank5.ckpt")
     assert read_auto_parallel(eval_net)["full_batch"] is True

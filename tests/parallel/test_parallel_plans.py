@@ -10,8 +10,8 @@ import pytest
 from pangu_testing import tiny_model_config
 
 from pangu_ms.config import ParallelConfig, RecomputeConfig
-from pangu_ms.models.pangu_alpha import (CrossEntropy, PanguAlphaLM, PanguAlphaWithLoss,
-                                         VocabParallelCrossEntropy)
+from pangu_ms.kernels.reference import TiedHeadCrossEntropy, VocabParallelCrossEntropy
+from pangu_ms.models.pangu_alpha import PanguAlphaLM, PanguAlphaWithLoss
 from pangu_ms.parallel import parallelize, plan_for
 from pangu_ms.parallel.apply import PlanError, named_primitives
 from pangu_ms.parallel.plans import REPLICATED, stage_of_layer
@@ -22,8 +22,13 @@ MESHES = [ParallelConfig(dp=2, mp=2), ParallelConfig(dp=1, mp=2, pp=3, micro_bat
           ParallelConfig(dp=4), ParallelConfig(mp=4, vocab_emb_dp=False)]
 
 
+def reference_config(**model):
+    """The tiny model with the reference kernels: what the plans address (Ascend's layout)."""
+    return tiny_model_config(**{"kernels": "reference", **model})
+
+
 def build(parallel: ParallelConfig, recompute: str = "none", **model):
-    cfg = tiny_model_config(**model)
+    cfg = reference_config(**model)
     net = PanguAlphaWithLoss(cfg)
     return parallelize(net, plan_for(cfg, parallel, RecomputeConfig(mode=recompute)), parallel), cfg
 
@@ -38,7 +43,7 @@ def test_every_primitive_has_a_strategy_or_is_deliberately_replicated(parallel, 
         strategy = prim.attrs.get("in_strategy")
         if strategy is None:
             assert any(re.fullmatch(g.replace(".", r"\.").replace("*", ".*"), path) for g in replicated), path
-            assert type(prim).__name__ in ("Cast", "ZerosLike"), f"{path} left without a strategy"
+            assert type(prim).__name__ == "Cast", f"{path} left without a strategy"
         elif parallel.mp > 1 and type(prim).__name__ in ("MatMul", "BatchMatMul", "Softmax"):
             assert parallel.mp in {d for inp in strategy for d in inp}, f"{path} not model-parallel: {strategy}"
 
@@ -54,8 +59,11 @@ def test_paper_layout_strategies_read_back():
     assert s(blk.ffn.linear_fc2.matmul) == ((2, 4), (4, 1))
     assert s(blk.attention.core.qk_matmul) == ((2, 4, 1, 1), (2, 4, 1, 1))
     assert s(blk.attention.core.softmax) == ((2, 4, 1, 1),)
-    assert s(blk.ln1.mean) == ((2, 1),) and s(blk.residual_ffn) == ((2, 1), (2, 1))
-    assert s(net.lm.vocab_proj) == ((2, 1), (4, 1))  # vocab-parallel logits
+    assert s(blk.ln1.layer_norm) == ((2, 1), (1,), (1,)) and s(blk.residual_ffn) == ((2, 1), (2, 1))
+    assert s(blk.ln2.residual_add) == ((2, 1), (2, 1))
+    assert s(blk.ffn.linear_fc1.activation.bias_add) == ((2, 4), (4,)) and s(blk.ffn.linear_fc1.activation.act) == ((2, 4),)
+    assert s(net.lm.backbone.attention_mask.same_doc) == ((2, 1, 1, 1), (2, 1, 1, 1))
+    assert s(net.lm.vocab_proj) == ((2, 1), (4, 1)) == s(net.loss.head.vocab_proj)  # vocab-parallel logits
     assert s(net.lm.backbone.word_embedding.gather) == ((4, 1), (1, 1))
     assert isinstance(net.loss, VocabParallelCrossEntropy)
     assert s(net.loss.max) == ((2, 4),) and s(net.loss.sum) == ((2, 4),)
@@ -63,7 +71,7 @@ def test_paper_layout_strategies_read_back():
 
 def test_replicated_embedding_keeps_plain_loss_and_one_table_layout():
     net, _ = build(ParallelConfig(dp=2, mp=2, vocab_emb_dp=True))
-    assert type(net.loss) is CrossEntropy
+    assert type(net.loss) is TiedHeadCrossEntropy
     assert net.lm.backbone.word_embedding.gather.attrs["in_strategy"] == ((1, 1), (2, 1))
     assert net.lm.vocab_proj.attrs["in_strategy"] == ((2, 1), (1, 1))
 
@@ -100,14 +108,14 @@ def test_recompute_modes(mode, cells):
 
 
 def test_bare_lm_is_accepted():
-    cfg = tiny_model_config()
+    cfg = reference_config()
     lm = PanguAlphaLM(cfg)
     parallelize(lm, plan_for(cfg, ParallelConfig(mp=2)), ParallelConfig(mp=2))
     assert lm.backbone.blocks[0].ffn.linear_fc1.matmul.attrs["in_strategy"] == ((1, 1), (1, 2))
 
 
 def test_glob_matching_nothing_fails():
-    cfg = tiny_model_config()
+    cfg = reference_config()
     plan = plan_for(cfg, ParallelConfig(mp=2))
     bad = dataclasses.replace(plan, strategies={**plan.strategies, "lm.backbone.blocks.*.attention.qkv": ((),)})
     with pytest.raises(PlanError, match="'lm.backbone.blocks.\\*.attention.qkv' matches no primitive"):
@@ -115,15 +123,15 @@ def test_glob_matching_nothing_fails():
 
 
 def test_uncovered_primitive_fails():
-    cfg = tiny_model_config()
+    cfg = reference_config()
     plan = plan_for(cfg, ParallelConfig(mp=2))
-    strategies = {k: v for k, v in plan.strategies.items() if not k.endswith("ffn.activation.sigmoid")}
-    with pytest.raises(PlanError, match="3 primitive\\(s\\) have no plan entry.*activation.sigmoid"):
+    strategies = {k: v for k, v in plan.strategies.items() if not k.endswith("linear_fc1.activation.act")}
+    with pytest.raises(PlanError, match="3 primitive\\(s\\) have no plan entry.*activation.act"):
         parallelize(PanguAlphaWithLoss(cfg), dataclasses.replace(plan, strategies=strategies), ParallelConfig(mp=2))
 
 
 def test_tied_table_layout_mismatch_fails():
-    cfg = tiny_model_config()
+    cfg = reference_config()
     plan = plan_for(cfg, ParallelConfig(mp=2, vocab_emb_dp=False))
     bad = dataclasses.replace(plan, strategies={**plan.strategies, "lm.vocab_proj": (("batch", None), (None, None))})
     with pytest.raises(PlanError, match="tied embedding table"):
@@ -131,7 +139,7 @@ def test_tied_table_layout_mismatch_fails():
 
 
 def test_indivisible_parameter_fails():
-    cfg = tiny_model_config(ffn_hidden_size=66)
+    cfg = reference_config(ffn_hidden_size=66)
     with pytest.raises(PlanError, match="linear_fc1.weight' dim 1 of size 66 is not divisible by its split 4"):
         parallelize(PanguAlphaWithLoss(cfg), plan_for(cfg, ParallelConfig(mp=4)), ParallelConfig(mp=4))
 
@@ -141,10 +149,10 @@ def test_parallelize_job_uses_the_mesh_in_use_and_recompute():
     from pangu_ms.config import JobConfig
     from pangu_ms.parallel import ParallelInfo, parallelize_job
 
-    cfg = tiny_model_config()
+    cfg = reference_config()
     job = JobConfig(model=cfg, parallel=ParallelConfig(dp=1), recompute=RecomputeConfig(mode="full"))
     net = parallelize_job(PanguAlphaWithLoss(cfg), job, ParallelInfo(parallel=ParallelConfig(dp=2)))
-    assert net.lm.backbone.blocks[0].ln1.mean.attrs["in_strategy"] == ((2, 1),)
+    assert net.lm.backbone.blocks[0].ln1.layer_norm.attrs["in_strategy"] == ((2, 1), (1,), (1,))
     assert "lm.backbone.blocks.*" in read_back(net)["recompute"]
 
 
@@ -156,7 +164,7 @@ def test_ascend_train_step_wraps_micro_batches():
     from pangu_ms.config import JobConfig, TrainConfig
     from pangu_ms.train.ascend import ascend_train_cell
 
-    cfg = tiny_model_config()
+    cfg = reference_config()
     for parallel, accum, kind in ((ParallelConfig(mp=2, pp=2, micro_batches=4), 1, Pipeline),
                                   (ParallelConfig(dp=2), 2, GradAccumulation)):
         job = JobConfig(model=cfg, parallel=parallel, train=TrainConfig(global_batch_size=8, grad_accum_steps=accum))

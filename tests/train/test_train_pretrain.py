@@ -1,11 +1,11 @@
-"""`python -m pangu_ms pretrain` end to end on toy shards: outputs, exact resume after
-SIGKILL, corrupt or incomplete checkpoint detection and fallback, loading for inference."""
+"""`python -m pangu_ms pretrain` end to end on toy shards: outputs, corrupt or incomplete
+checkpoint detection and fallback, loading for inference. (Kills at random moments and exact
+resume: tests/fault.)"""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +16,8 @@ import pytest
 
 from pangu_ms.errors import CheckpointError
 from pangu_ms.train import checkpoint as ckpt
-from pangu_ms.train.loop import KILL_AFTER_STEP_ENV
 from pangu_ms.train.metrics import read_metrics
-from train_toy import TOY_MODEL, write_prepared, write_run_config
+from toy_data import TOY_MODEL, write_prepared, write_run_config
 
 pytestmark = pytest.mark.e2e
 STEPS = 6
@@ -33,10 +32,6 @@ def final_tensors(run_dir: Path) -> dict[str, np.ndarray]:
     step_dir = ckpt.list_step_dirs(run_dir)[0]
     assert step_dir.name == f"step_{STEPS:08d}"
     return {k: v.asnumpy() for k, v in ckpt.read_tensors(step_dir).items()}
-
-
-def data_fingerprints(run_dir: Path) -> list[tuple[int, int]]:
-    return [(r["step"], r["data"]) for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
 @pytest.fixture(scope="module")
@@ -88,22 +83,6 @@ def test_pretrain_writes_metrics_plot_summary_and_checkpoints(setup):
     assert any(k.startswith("adam_m.lm.") for k in tensors)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(setup):
-    root, config, _ = setup
-    run_b = root / "run_b"
-    killed = pretrain(config, "--out", str(run_b), env={KILL_AFTER_STEP_ENV: "3"})
-    assert killed.returncode == -signal.SIGKILL
-    assert [p.name for p in ckpt.list_step_dirs(run_b)] == ["step_00000002"]  # step 3 was never saved
-    resumed = pretrain(config, "--resume", str(run_b))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = final_tensors(root / "run_a"), final_tensors(run_b)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-6, err_msg=k)
-    # same batch at every step: no sample seen twice or skipped across the kill
-    assert data_fingerprints(run_b) == data_fingerprints(root / "run_a")
-
-
 def test_corrupt_checkpoint_is_detected_and_resume_falls_back(setup):
     root, config, _ = setup
     run_c = root / "run_c"
@@ -126,8 +105,9 @@ def test_corrupt_checkpoint_is_detected_and_resume_falls_back(setup):
     assert "skipping checkpoint" in resumed.stderr and "step_00000006" in resumed.stderr
     assert "the newest step complete on every rank" in resumed.stderr
     a, c = final_tensors(root / "run_a"), final_tensors(run_c)
-    for k in a:
-        np.testing.assert_allclose(c[k], a[k], rtol=0, atol=1e-6, err_msg=k)
+    assert a.keys() == c.keys()
+    for k in a:  # resumed from step 4: bitwise the uninterrupted run's tensors
+        np.testing.assert_array_equal(c[k], a[k], err_msg=k)
 
 
 def test_resume_without_checkpoints_is_a_clear_error(setup, tmp_path):
@@ -150,8 +130,8 @@ def test_load_for_inference(setup):
     seq = TOY_MODEL["seq_length"]
     ids = ms.Tensor(np.full((1, seq), 20, np.int32))
     pos = ms.Tensor(np.arange(seq, dtype=np.int32)[None])
-    mask = ms.Tensor(np.tril(np.ones((1, seq, seq), np.float32)))
-    assert model(ids, pos, mask).shape == (seq, TOY_MODEL["vocab_size"])
+    doc = ms.Tensor(np.zeros((1, seq), np.int32))
+    assert model(ids, pos, doc).shape == (seq, TOY_MODEL["vocab_size"])
 
 
 def test_resume_with_another_data_layout_is_refused(setup, tmp_path):

@@ -1,4 +1,5 @@
-"""Helpers for training tests (not a conftest: one `conftest` module name per suite): toy MindRecord shards in the `prepare` layout and run configs.
+"""Toy prepared data and run configs for the tests that train (importable from every test
+directory, like `pangu_testing`): MindRecord shards and a manifest in the `prepare` layout.
 
 The toy corpus is learnable (each document counts up from a random start with a random
 stride, modulo the vocabulary) and packed with the end-of-document id between documents.
@@ -28,16 +29,22 @@ def toy_rows(n_rows: int, seq_length: int, vocab_size: int, *, eod_id: int = 8, 
 
 def write_prepared(out: Path, *, seq_length: int, vocab_size: int, train_rows: int = 64, heldout_rows: int = 16,
                    shards: int = 2) -> Path:
-    """Write `train/train.mindrecord*`, `heldout/heldout.mindrecord*` and manifest.json under `out`."""
+    """Write `train/train.mindrecord*`, `heldout/heldout.mindrecord*` and a manifest.json with
+    prepare's fields (files and rows per split) under `out`."""
     from mindspore.mindrecord import FileWriter
 
+    splits = {}
     for split, n, seed in (("train", train_rows, 0), ("heldout", heldout_rows, 1)):
         (out / split).mkdir(parents=True, exist_ok=True)
         w = FileWriter(str(out / split / f"{split}.mindrecord"), shard_num=shards, overwrite=True)
         w.add_schema({"input_ids": {"type": "int32", "shape": [seq_length + 1]}}, "rows")
         w.write_raw_data([{"input_ids": r} for r in toy_rows(n, seq_length, vocab_size, seed=seed)])
         w.commit()
-    (out / "manifest.json").write_text(json.dumps({"seq_length": seq_length, "toy": True}), encoding="utf-8")
+        files = sorted(f"{split}/{f.name}" for f in (out / split).glob(f"{split}.mindrecord*") if f.suffix != ".db")
+        splits[split] = {"files": files, "rows": n}
+    manifest = {"format": "pangu_ms.prepare/1", "seq_length": seq_length, "row_length": seq_length + 1,
+                "splits": splits, "toy": True}
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return out
 
 
