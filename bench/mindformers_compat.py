@@ -36,7 +36,8 @@ def _args(argv=None):
     p.add_argument("--vocab", type=int, default=1000)
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mf-python", default="/work/mfref/bin/python", help="python of a venv with mindformers 1.3.2")
+    p.add_argument("--mf-python", default=str(Path(__file__).resolve().parents[2] / "mfref" / "bin" / "python"),
+                   help="python of a venv with mindformers 1.3.2 (default: ../mfref beside the checkout)")
     p.add_argument("--mindformers-side", nargs=2, metavar=("CKPT", "NPZ"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

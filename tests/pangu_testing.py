@@ -5,6 +5,8 @@ Not named `conftest`: pytest loads several conftest modules under that one name,
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -153,3 +155,28 @@ def compiled_op_dtypes(cell, inputs, out_dir, ops=None):
             found.setdefault(m.group(1), set()).add(types)
     shutil.rmtree(out_dir, ignore_errors=True)
     return found
+
+
+def golden_dumps(obj: dict) -> str:
+    """JSON with one table entry per line (reviewable diffs)."""
+    lines, items = ["{"], list(obj.items())
+    for i, (key, value) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        if isinstance(value, dict) and value:
+            rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()]
+            lines += [f" {json.dumps(key)}: {{", ",\n".join(rows), f" }}{comma}"]
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}{comma}")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def updating_golden() -> bool:
+    """PANGU_UPDATE_GOLDEN=1 asks to rewrite the files; CI refuses it."""
+    import pytest
+
+    if os.environ.get("PANGU_UPDATE_GOLDEN", "") not in ("", "0"):
+        if os.environ.get("CI"):
+            pytest.fail("PANGU_UPDATE_GOLDEN is set under CI: the golden test would compare the plans with what it "
+                        "just wrote; regenerate locally, review the diff and commit it")
+        return True
+    return False

@@ -83,10 +83,12 @@ def init_weights(network, path: str | Path, job) -> Path:
                               f"{job.data.output_dir} was prepared with (sha256 {file_sha256(copy)[:12]} vs "
                               f"{want[:12]}); prepare the data with the checkpoint's tokenizer")
     weights = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in model_weights(step_dir).items()}
-    missing = [m for m in load_into(network, weights, step_dir) if m.startswith(LM_PREFIX)]
-    if missing:
-        raise CheckpointError(f"train.init_from={path}: {step_dir} lacks weights of this model "
-                              f"({missing[:3]}); its model config must equal model: of this job")
+    ours = {p.name for p in network.get_parameters() if p.name.startswith(LM_PREFIX)}
+    if set(weights) != ours:
+        raise CheckpointError(f"train.init_from={path}: {step_dir} does not hold this model's weights (missing "
+                              f"{sorted(ours - set(weights))[:3]}, extra {sorted(set(weights) - ours)[:3]}); is it "
+                              "the same model family, with the model: of this job?")
+    load_into(network, weights, step_dir)
     logger.info("initialised %d weights from %s", len(weights), step_dir)
     return step_dir
 

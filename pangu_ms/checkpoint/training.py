@@ -20,7 +20,10 @@ not been run.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -132,6 +135,10 @@ class Checkpointer:
             error = exc
         written = self.rank_sum([0.0 if error else 1.0])[0]  # the barrier: every rank has finished writing
         if error is not None:
+            if self.world == 1:  # nothing half-written stays behind (with more ranks: skipped as incomplete)
+                shutil.rmtree(writer.step_dir, ignore_errors=True)
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise error  # a full disk: the CLI's one line says so and how to resume
             raise CheckpointError(f"rank {self.rank} could not write {writer.step_dir}: {error}") from error
         if self.rank == 0:
             if written < self.world:
@@ -257,10 +264,15 @@ def _save_cell(cell, path: Path, fmt: str, append: dict[str, int]) -> None:
     """MindSpore's per-rank save: the local slices under semi-auto parallel, no collective."""
     import mindspore as ms
 
-    if fmt == "ckpt":
-        ms.save_checkpoint(cell, str(path), integrated_save=False, append_dict=append, crc_check=True)
-    else:
-        ms.save_checkpoint(cell, str(path), integrated_save=False, append_dict=append, format="safetensors")
+    try:
+        if fmt == "ckpt":
+            ms.save_checkpoint(cell, str(path), integrated_save=False, append_dict=append, crc_check=True)
+        else:
+            ms.save_checkpoint(cell, str(path), integrated_save=False, append_dict=append, format="safetensors")
+    except Exception as exc:  # the safetensors writer reports a full disk as its own error type
+        if isinstance(exc, OSError) or not any(os.strerror(e) in str(exc) for e in (errno.ENOSPC, errno.EDQUOT)):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
 def load_file(path: Path) -> dict:

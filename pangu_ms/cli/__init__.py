@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "finetune",
     "checkpoint": "checkpoint",
     "convert": "convert",
+    "sigma": "sigma",
     "plan": "plan",
     "rank-table": "rank_table",
     "preflight": "preflight",

@@ -18,6 +18,8 @@ class SourceConfig:
     """upper bound on passes over this source."""
     text_field: str = "text"
     """field holding the text in .jsonl files."""
+    domain: str = ""
+    """PanGu-Sigma: the domain (one of `experts.domains`) this source's documents belong to."""
 
     def __post_init__(self) -> None:
         check_choices(self)

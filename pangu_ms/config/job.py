@@ -1,9 +1,9 @@
 """The whole job: every concept's section composed into `JobConfig`; loading and cross-checks.
 
 YAML top-level keys are `JobConfig`'s fields (`model:`, `tokenizer:`, `data:`, `parallel:`,
-`recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`, `finetune:`, `code:`), each
-mirroring its dataclass one to one. `validate_job` holds the checks that involve more than
-one section.
+`recompute:`, `optimizer:`, `schedule:`, `checkpoint:`, `train:`, `run:`, `finetune:`, `code:`, and
+for PanGu-Sigma `experts:`), each mirroring its dataclass one to one. `validate_job` holds the checks
+that involve more than one section.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import yaml
 
 from pangu_ms.config.code import CodeConfig
 from pangu_ms.config.data import DataConfig
+from pangu_ms.config.experts import ExpertsConfig
 from pangu_ms.config.finetune import FinetuneConfig
 from pangu_ms.config.loader import apply_overrides, build_dataclass, read_yaml, show
 from pangu_ms.config.model import ModelConfig
@@ -42,6 +43,13 @@ class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
+    experts: ExpertsConfig | None = None
+    """PanGu-Sigma's sparse layers; None (no `experts:` section): the dense PanGu-alpha."""
+
+    @property
+    def family(self) -> str:
+        """The model family: 'pangu_sigma' with an `experts:` section, else 'pangu_alpha'."""
+        return "pangu_alpha" if self.experts is None else "pangu_sigma"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +98,7 @@ def validate_job(job: JobConfig, command: str) -> None:
     - prepare: a tokenizer trained here has at most model.vocab_size pieces;
     - pretrain: the global batch splits into dp * micro_batches * grad_accum_steps parts;
     - finetune: its rows fit the model (finetune.max_tokens <= model.seq_length);
+    - prepare, pretrain of PanGu-Sigma: every data source names one of the experts' domains.
     - pretrain, finetune: bf16 compute only where it runs (Ascend 910B; MindSpore's CPU
       backend has no bf16 matmul, 910A no bf16 at all).
     """
@@ -105,6 +114,12 @@ def validate_job(job: JobConfig, command: str) -> None:
         problems.append(f"train.global_batch_size={t.global_batch_size} is not divisible by parallel.dp*micro_batches*"
                         f"train.grad_accum_steps = {p.dp}*{p.micro_batches}*{t.grad_accum_steps} = {unit}: use a "
                         f"multiple of {unit}")
+    if command in ("prepare", "pretrain") and job.experts is not None:
+        known = job.experts.domain_names
+        for i, src in enumerate(job.data.sources):
+            if src.domain not in known:
+                problems.append(f"data.sources[{i}] ({src.name}): domain={src.domain!r} is not one of experts.domains "
+                                f"({', '.join(known)}); a PanGu-Sigma job names each source's domain")
     if command == "finetune" and job.finetune.max_tokens > m.seq_length:
         problems.append(f"finetune.max_tokens={job.finetune.max_tokens} exceeds model.seq_length={m.seq_length}: "
                         f"lower finetune.max_tokens to at most {m.seq_length}")

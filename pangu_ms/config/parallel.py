@@ -18,7 +18,7 @@ class ParallelConfig:
     pp: int = 1
     """pipeline stages."""
     ep: int = 1
-    """expert-parallel degree (reserved for PanGu-Sigma)."""
+    """expert-parallel degree (PanGu-Sigma): carved out of dp, so it divides dp; 1 for PanGu-alpha."""
     micro_batches: int = 1
     """micro-batches per step when pipelining."""
     pipeline_scheduler: Literal['1f1b', 'gpipe', 'interleaved_1f1b'] = "1f1b"
@@ -52,6 +52,11 @@ class ParallelConfig:
     @property
     def devices(self) -> int:
         return self.dp * self.mp * self.pp
+
+    @property
+    def edp(self) -> int:
+        """Data-parallel replicas of each expert: dp // ep (ep ranks hold different experts)."""
+        return max(1, self.dp // self.ep)
 
 
 @dataclass

@@ -42,8 +42,9 @@ class TrainConfig:
     """metrics log line every this many steps."""
     init_from: str = ""
     """start from the model weights of the newest complete checkpoint under this path (a run, its
-    checkpoints/ or one step dir), e.g. PanGu-Coder's stage 2 from stage 1: the optimizer state,
-    step count and data position start fresh. Empty: random init. `--resume` takes precedence."""
+    checkpoints/ or one step dir; no optimizer state, step 0, data from the start): PanGu-Coder's
+    stage 2 from stage 1, a `sigma init` output, or a dense model to continue. The checkpoint's
+    tokenizer must match the run's. Empty: random init. `--resume` takes precedence."""
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pangu_ms.data.dataset import ROW_COLUMN, row_schema
+from pangu_ms.data.shards import DOMAIN_COLUMN
 from pangu_ms.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -94,12 +95,17 @@ def pack_rows(docs: list[list[int]], seq_length: int, eod_id: int, *,
                   "tail_tokens_dropped": int(tail if pad_id is None else 0), "pad_tokens": int(padded)}
 
 
+def _cell(x):
+    """One row's value of an extra column: an array stays an array, a scalar becomes a Python number."""
+    return x.item() if np.ndim(x) == 0 else x
+
+
 def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: int,
                  columns: dict[str, np.ndarray] | None = None) -> list[str]:
     """Write rows as `<out_dir>/<split>/<split>.mindrecord<k>` through a temporary directory.
 
-    `columns` adds per-row arrays ([N, ...] int32 or float32, e.g. stage-2 code rows'
-    `loss_mask` and `pair_id`) as columns of their own next to `input_ids`.
+    `columns` adds per-row arrays ([N, ...] int32 or float32) as columns of their own next to
+    `input_ids`: stage-2 code rows' `loss_mask` and `pair_id`, PanGu-Sigma's scalar `domain_id`.
 
     The old `<split>` directory is replaced only after every new shard is committed, so an
     interrupted run leaves either the old complete set or a `.tmp-*` directory, never a
@@ -114,7 +120,9 @@ def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: 
     for name, arr in columns.items():
         if len(arr) != len(rows):
             raise DataError(f"column {name!r} has {len(arr)} rows, {split} has {len(rows)}")
-        schema[name] = {"type": "float32" if arr.dtype.kind == "f" else "int32", "shape": list(arr.shape[1:])}
+        schema[name] = {"type": "float32" if arr.dtype.kind == "f" else "int32"}
+        if arr.ndim > 1:
+            schema[name]["shape"] = list(arr.shape[1:])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in list(out.glob(f".tmp-{split}-*")) + list(out.glob(f".old-{split}-*")):
@@ -132,8 +140,8 @@ def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: 
             lo, hi = bounds[s], bounds[s + 1]
             for i in range(lo, hi, 4096):
                 j = min(hi, i + 4096)
-                extra = [{name: arr[k] for name, arr in columns.items()} for k in range(i, j)]
-                writer.write_raw_data([{ROW_COLUMN: rows[k], **extra[k - i]} for k in range(i, j)])
+                writer.write_raw_data([{ROW_COLUMN: rows[k], **{name: _cell(arr[k]) for name, arr in columns.items()}}
+                                       for k in range(i, j)])
             writer.commit()
         final = out / split
         if final.exists():

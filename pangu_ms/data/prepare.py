@@ -34,7 +34,7 @@ from pangu_ms.data.code_corpus import CodeCorpus, is_code_corpus, load_code_corp
 from pangu_ms.data.corpora import load_documents, load_texts
 from pangu_ms.data.packing import mixing_plan, pack_rows, select_documents, write_shards
 from pangu_ms.data.report import build_manifest, build_report, format_report
-from pangu_ms.data.shards import LOSS_MASK_COLUMN, MANIFEST, PAIR_ID_COLUMN, ROW_COLUMN
+from pangu_ms.data.shards import DOMAIN_COLUMN, LOSS_MASK_COLUMN, MANIFEST, PAIR_ID_COLUMN, ROW_COLUMN
 from pangu_ms.errors import DataError
 from pangu_ms.tokenizer import (EOD_ID, MODEL_FILE, PAD_ID, SOURCES, CodeTokenizer, PanguTokenizer, load_tokenizer,
                                 resolve_workers, segment_batch, train_code_tokenizer, train_tokenizer)
@@ -211,25 +211,54 @@ def _stage2_splits(job: JobConfig, tok: CodeTokenizer, sources: list[SourceData]
     return plan, splits, pair_counts
 
 
+def _source_domains(job: JobConfig, sources: list[SourceData]) -> list[int] | None:
+    """PanGu-Sigma: each source's domain id (`experts.domains` order); None for a dense job."""
+    if job.experts is None:
+        return None
+    return [job.experts.domain_id(s.cfg.domain) for s in sources]  # validate_job checked the names
+
+
+def _pack_by_domain(docs: list[list[int]], doc_domains: list[int] | None, seq_length: int, **kw):
+    """pack_rows over all documents, or (PanGu-Sigma) per domain so that no row mixes domains:
+    (rows, counts, row domain ids or None)."""
+    if doc_domains is None:
+        return (*pack_rows(docs, seq_length, EOD_ID, **kw), None)
+    parts, totals, dom = [], {}, []
+    for d in sorted(set(doc_domains)):
+        rows, counts = pack_rows([x for x, k in zip(docs, doc_domains) if k == d], seq_length, EOD_ID, **kw)
+        parts.append(rows)
+        dom.append(np.full(len(rows), d, np.int32))
+        totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
+    return np.concatenate(parts), totals, np.concatenate(dom)
+
+
 def _train_rows(job: JobConfig, sources: list[SourceData], ids: list[list[list[int]]]):
-    """Mixing plan, document order and packed training rows."""
+    """Mixing plan, document order and packed training rows (and PanGu-Sigma's row domains)."""
     plan = mixing_plan([s.cfg.name for s in sources], [s.cfg.weight for s in sources],
                        [s.cfg.epochs for s in sources], [sum(map(len, x)) for x in ids], [len(x) for x in ids])
     rng = np.random.default_rng(job.run.seed)
     picked: list[list[int]] = []
-    for entry, doc_ids in zip(plan, ids):
-        picked.extend(doc_ids[i] for i in select_documents([len(d) for d in doc_ids], entry["passes"], rng))
+    picked_domain: list[int] = []
+    domains = _source_domains(job, sources)
+    for k, (entry, doc_ids) in enumerate(zip(plan, ids)):
+        chosen = select_documents([len(d) for d in doc_ids], entry["passes"], rng)
+        picked.extend(doc_ids[i] for i in chosen)
+        picked_domain.extend([domains[k] if domains else 0] * len(chosen))
     order = rng.permutation(len(picked))
-    rows, counts = pack_rows([picked[i] for i in order], job.model.seq_length, EOD_ID)
+    rows, counts, row_domains = _pack_by_domain([picked[i] for i in order],
+                                                [picked_domain[i] for i in order] if domains else None,
+                                                job.model.seq_length)
     if len(rows) == 0:
         raise DataError(f"the training data gives {counts['stream_tokens']} tokens, fewer than one row of "
                         f"model.seq_length+1={job.model.seq_length + 1}; lower model.seq_length or add data")
-    return plan, rows, counts
+    return plan, rows, counts, row_domains
 
 
 def prepare(job: JobConfig, *, progress: bool = False) -> dict:
     """Clean, tokenize, mix and pack `job.data.sources` into MindRecord shards; returns the manifest."""
     t0 = time.time()
+    if job.experts is not None:  # each source's domain, before the cleaning work
+        validate_job(job, "prepare")
     data, out = job.data, Path(job.data.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     workers = resolve_workers(data.num_workers)
@@ -254,11 +283,19 @@ def prepare(job: JobConfig, *, progress: bool = False) -> dict:
     else:
         ids_train = [_encode(tok, s, workers) for s in seg_train]
         ids_held = [_encode(tok, s, workers) for s in seg_held]
-        plan, rows, train_counts = _train_rows(job, sources, ids_train)
+        plan, rows, train_counts, row_domains = _train_rows(job, sources, ids_train)
         splits = {"train": (rows, train_counts)}
+        if row_domains is not None:
+            columns["train"] = {DOMAIN_COLUMN: row_domains}
         held_docs = [d for per_source in ids_held for d in per_source]
         if held_docs:
-            splits["heldout"] = pack_rows(held_docs, job.model.seq_length, EOD_ID, pad_id=PAD_ID)
+            domains = _source_domains(job, sources)
+            held_domains = [domains[k] for k, per in enumerate(ids_held) for _ in per] if domains else None
+            held_rows, held_counts, held_row_domains = _pack_by_domain(held_docs, held_domains,
+                                                                       job.model.seq_length, pad_id=PAD_ID)
+            splits["heldout"] = (held_rows, held_counts)
+            if held_row_domains is not None:
+                columns["heldout"] = {DOMAIN_COLUMN: held_row_domains}
     (out / MANIFEST).unlink(missing_ok=True)  # until the new manifest lands, no shard set is "complete"
     if "heldout" not in splits:
         shutil.rmtree(out / "heldout", ignore_errors=True)

@@ -271,6 +271,20 @@ class PanguAlphaWithLoss(nn.Cell):
         return self.loss(h, self.lm.backbone.word_embedding.embedding_table, labels)
 
 
+class LabelMask(nn.Cell):
+    """labels [T] with every label whose flag in loss_mask [T] is 0 replaced by `pad_id`."""
+
+    def __init__(self, pad_id: int):
+        super().__init__()
+        self.pad_id = pad_id
+        self.select = P.Select()
+        self.ones_like = P.OnesLike()
+
+    def construct(self, labels, loss_mask):
+        pad = self.ones_like(labels) * self.pad_id  # [T]
+        return self.select(loss_mask > 0, labels, pad)  # [T]
+
+
 class PanguAlphaWithMaskedLoss(PanguAlphaWithLoss):
     """`PanguAlphaWithLoss` with a fourth input, loss_mask fp32 [B, S] of 0/1 flags aligned with
     the labels ids[:, 1:] (PanGu-Coder's CODE-CLM: 1 on code tokens and `<eot>`).
@@ -282,15 +296,12 @@ class PanguAlphaWithMaskedLoss(PanguAlphaWithLoss):
 
     def __init__(self, cfg: ModelConfig, kernels: KernelSpec | None = None):
         super().__init__(cfg, kernels)
-        self.select = P.Select()
-        self.ones_like = P.OnesLike()
+        self.label_mask = LabelMask(cfg.pad_id)
 
     def construct(self, input_ids, position_ids, document_ids, loss_mask):
         s = self.config.seq_length
         tokens = input_ids[:, :s]  # [B, S]
-        labels = input_ids[:, 1:].reshape(-1)  # [T]
-        pad = self.ones_like(labels) * self.config.pad_id  # [T]
-        labels = self.select(loss_mask.reshape(-1) > 0, labels, pad)  # [T]: unflagged labels -> pad
+        labels = self.label_mask(input_ids[:, 1:].reshape(-1), loss_mask.reshape(-1))  # [T]
         h = self.lm.backbone(tokens, position_ids, document_ids)  # [T, H]
         return self.loss(h, self.lm.backbone.word_embedding.embedding_table, labels)
 

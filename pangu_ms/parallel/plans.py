@@ -30,20 +30,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pangu_ms.config import ModelConfig, ParallelConfig, RecomputeConfig
+from pangu_ms.config import ExpertsConfig, ModelConfig, ParallelConfig, RecomputeConfig
 from pangu_ms.kernels.switch import KernelSpec
 
 LogicalStrategy = tuple[tuple[str | None, ...], ...]
 REPLICATED = None
 
 # logical axis name -> ParallelConfig field giving its split degree
-RULES: dict[str, str] = {"batch": "dp", "heads": "mp", "ffn": "mp", "vocab": "mp", "expert": "ep"}
+RULES: dict[str, str] = {"batch": "dp", "heads": "mp", "ffn": "mp", "vocab": "mp", "expert": "ep",
+                         "expert_batch": "edp"}
 
 # parameter leaf name -> (op attribute in the owning cell, input index) that consumes it;
 # the op's strategy for that input is the parameter's layout. A cell may say otherwise with its
 # own `param_consumers` (LayerNorm forms, a Linear whose bias its activation adds).
 PARAM_CONSUMERS: dict[str, tuple[str, int]] = {
     "weight": ("matmul", 1), "bias": ("bias_add", 1), "embedding_table": ("gather", 0),
+    # PanGu-Sigma's RRE layer: [E, ...] expert weights, split over ep on E
+    "expert_w1": ("fc1", 1), "expert_b1": ("bias1", 1), "expert_w2": ("fc2", 1), "expert_b2": ("bias2", 1),
 }
 
 B, N, F, V = "batch", "heads", "ffn", "vocab"
@@ -66,6 +69,10 @@ class Plan:
     """cell-path glob -> gradient all-reduce fusion index."""
     vocab_parallel_loss: bool = False
     """logits are split over the vocabulary: use `VocabParallelCrossEntropy`."""
+    all_to_all: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """PanGu-Sigma: op path -> (layout of its input, layout of its output) where tokens change
+    hands between ep ranks: dispatch (tokens split over batch -> slots split over experts) and
+    combine (back). The framework inserts the exchange between the two strategies."""
 
 
 def resolve(strategy: LogicalStrategy, parallel: ParallelConfig) -> tuple[tuple[int, ...], ...]:
@@ -199,6 +206,8 @@ def pangu_alpha_plan(model: ModelConfig, parallel: ParallelConfig,
         "lm.vocab_proj": (ROW, (V if vocab_split else None, None)),  # table [V, H], transpose_b (inference)
         "lm.cast": REPLICATED,
         **_loss(vocab_parallel, vocab_split, roles),
+        # PanGu-Coder's stage 2 (PanguAlphaWithMaskedLoss): unflagged labels [T] -> pad
+        "label_mask.ones_like": ((B,),), "label_mask.select": ((B,), (B,), (B,)),
     }
     if model.dropout > 0:
         s[f"{bb}.embedding_dropout.dropout"] = (ROW,)
@@ -247,11 +256,75 @@ def _fusion(model: ModelConfig, layers_per_group: int) -> dict[str, int]:
     return out
 
 
-PLANS = {"pangu_alpha": pangu_alpha_plan}
+X, XB = "expert", "expert_batch"
+ECH = (X, XB, None)  # [E, C, H] slots: experts over ep, capacity over the dp/ep replicas of an expert
+ECF = (X, XB, F)  # [E, C, F]
+
+
+def _rre_ffn(p: str, m: ModelConfig, roles: _Roles) -> dict[str, LogicalStrategy | None]:
+    """`RandomRoutedExperts` at `p`: routing per token (batch-split), dispatch into expert slots,
+    the experts' FFNs split over ep (experts) x dp/ep (slots) x mp (ffn), combine back to tokens."""
+    a = f"{p}.activation"
+    out: dict[str, LogicalStrategy | None] = {
+        f"{p}.lookup": ((None,), (B,)),  # the [D*V] table is replicated; route keys [T]
+        f"{p}.one_hot": ((B, None), (), ()),  # [T, E]
+        # the slot of a token counts the earlier tokens of its expert over the whole batch: a scan
+        # along the token axis, which no split may cut; left to the framework (replicated)
+        f"{p}.cumsum": REPLICATED,
+        f"{p}.dispatch": ((B, None), (B,)),  # tokens [T, H] -> slots [E*C+1, H]
+        f"{p}.fc1": (ECH, (X, None, F)),
+        f"{p}.bias1": (ECF, (X, None, F)),
+        f"{p}.fc2": (ECF, (X, F, None)),  # partial sums over mp, all-reduced
+        f"{p}.bias2": (ECH, (X, None, None)),
+        f"{p}.concat": REPLICATED,
+        f"{p}.combine": ((None, None), (B,)),  # slots -> tokens [T, H]
+        f"{p}.cast": REPLICATED,
+    }
+    # the spec's bias + activation on [E, C, F] with a zero bias [F] (the experts' own bias is bias1)
+    out.update(roles("bias_activation", a, {f"{a}.bias_add": (ECF, (F,)), f"{a}.act": (ECF,)}))
+    if m.dropout > 0:
+        out[f"{p}.dropout.dropout"] = (ROW,)
+    return out
+
+
+def pangu_sigma_plan(model: ModelConfig, parallel: ParallelConfig, recompute: RecomputeConfig | None = None,
+                     *, experts: ExpertsConfig, grad_agg_layers: int = 4,
+                     kernels: KernelSpec | None = None) -> Plan:
+    """PanGu-alpha's layout for the shared layers; in each sparse layer the RRE FFN's experts split
+    over ep (carved out of dp) and their FFN width over mp, with the all-to-all of dispatch and
+    combine recorded in `Plan.all_to_all`. Layers are listed by index (sparse ones differ)."""
+    dense = pangu_alpha_plan(model, parallel, recompute, grad_agg_layers=grad_agg_layers, kernels=kernels)
+    roles = _Roles(kernels or KernelSpec(), model)
+    bb = "lm.backbone"
+    sparse = experts.layer_indices(model.num_layers)
+    block_glob = f"{bb}.blocks.*."
+    shared = {k: v for k, v in dense.strategies.items()
+              if not k.startswith(block_glob) and not k.startswith(f"{bb}.query_layer.")}
+    per_layer = {k[len(block_glob):]: v for k, v in dense.strategies.items() if k.startswith(block_glob)}
+    a2a: dict[str, tuple[str, str]] = {}
+    for i in range(model.num_layers):
+        p = f"{bb}.query_layer" if i == model.num_layers - 1 else f"{bb}.blocks.{i}"
+        layer = {f"{p}.{k}": v for k, v in per_layer.items()}
+        if i in sparse:
+            layer = {k: v for k, v in layer.items() if not k.startswith(f"{p}.ffn.")}
+            layer.update(_rre_ffn(f"{p}.ffn", model, roles))
+            a2a[f"{p}.ffn.dispatch"] = ("batch", "expert")
+            a2a[f"{p}.ffn.combine"] = ("expert", "batch")
+        shared.update(layer)
+    return Plan(strategies=shared, stages=dense.stages, shared_parameters=dense.shared_parameters,
+                recompute=dense.recompute, comm_fusion=dense.comm_fusion,
+                vocab_parallel_loss=dense.vocab_parallel_loss, all_to_all=a2a)
+
+
+PLANS = {"pangu_alpha": pangu_alpha_plan, "pangu_sigma": pangu_sigma_plan}
 
 
 def plan_for(model: ModelConfig, parallel: ParallelConfig, recompute: RecomputeConfig | None = None,
-             *, family: str = "pangu_alpha", kernels: KernelSpec | None = None) -> Plan:
-    """The plan of model `family` (only PanGu-alpha so far) for this mesh and recompute mode,
-    for a model built with kernel spec `kernels` (None: the reference kernels)."""
+             *, family: str = "pangu_alpha", experts: ExpertsConfig | None = None,
+             kernels: KernelSpec | None = None) -> Plan:
+    """The plan of model `family` for this mesh and recompute mode, for a model built with kernel
+    spec `kernels` (None: the reference kernels); PanGu-Sigma: `experts` given, the family follows."""
+    if experts is not None:
+        return pangu_sigma_plan(model, parallel, recompute, experts=experts,
+                                grad_agg_layers=parallel.grad_agg_layers, kernels=kernels)
     return PLANS[family](model, parallel, recompute, grad_agg_layers=parallel.grad_agg_layers, kernels=kernels)

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import logging
 
-from pangu_ms.config import ModelConfig, ParallelConfig
+from pangu_ms.config import ExpertsConfig, ModelConfig, ParallelConfig
 from pangu_ms.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def _mesh_problems(p: ParallelConfig, devices: int) -> list[str]:
+def _mesh_problems(p: ParallelConfig, devices: int, sigma: bool = False) -> list[str]:
     out = []
     if p.devices != devices:
         hint = (f" (e.g. parallel.dp={devices // (p.mp * p.pp)})" if devices % (p.mp * p.pp) == 0
                 else f" ({devices} is not divisible by mp*pp={p.mp * p.pp}: change mp or pp too)")
         out.append(f"parallel.dp*mp*pp = {p.dp}*{p.mp}*{p.pp} = {p.devices} but there are {devices} devices: "
                    f"make dp*mp*pp equal {devices}{hint}")
-    if p.ep != 1:
+    if p.ep != 1 and not sigma:
         out.append(f"parallel.ep={p.ep}: expert parallelism is reserved for PanGu-Sigma; "
                    "PanGu-alpha is dense, set parallel.ep=1")
     return out
@@ -52,6 +52,30 @@ def _model_problems(m: ModelConfig, p: ParallelConfig) -> list[str]:
     if p.pp == 1 and p.pipeline_scheduler != "1f1b":
         out.append(f"parallel.pipeline_scheduler={p.pipeline_scheduler!r} needs pipeline stages (parallel.pp=1): "
                    "set parallel.pp > 1 or pipeline_scheduler=1f1b")
+    return out
+
+
+def _expert_problems(m: ModelConfig, ex: ExpertsConfig, p: ParallelConfig) -> list[str]:
+    """PanGu-Sigma: ep carved out of dp, experts spread evenly, each ep rank within one domain."""
+    out = []
+    e = ex.num_experts
+    try:
+        ex.layer_indices(m.num_layers)
+    except ValueError as exc:
+        out.append(str(exc))
+    if p.dp % p.ep:
+        out.append(f"parallel.ep={p.ep} does not divide parallel.dp={p.dp}: expert parallelism is carved out of "
+                   f"data parallelism; pick ep from {_divisors_up_to(p.dp, p.dp)}")
+    if e % p.ep:
+        out.append(f"experts: {e} experts per sparse layer are not divisible by parallel.ep={p.ep}: every ep "
+                   f"rank holds the same number of experts; pick ep from {_divisors_up_to(e, p.dp)}")
+    elif p.ep > 1:
+        per_rank = e // p.ep
+        bad = [f"{d.name}={d.experts}" for d in ex.domains if d.experts % per_rank]
+        if bad:
+            out.append(f"experts.domains {', '.join(bad)}: with ep={p.ep} each rank holds {per_rank} experts, so a "
+                       f"domain's group must be a multiple of {per_rank} for its experts to fill whole ranks "
+                       "(a domain is then edited or extracted rank by rank); change the group sizes or ep")
     return out
 
 
@@ -87,15 +111,17 @@ def _divisors_up_to(n: int, limit: int) -> list[int]:
 
 
 def validate(model: ModelConfig, parallel: ParallelConfig, *, devices: int, global_batch: int,
-             grad_accum_steps: int = 1, device: str | None = None) -> None:
+             grad_accum_steps: int = 1, device: str | None = None, experts: ExpertsConfig | None = None) -> None:
     """Raise `ConfigError` listing every inconsistency; return None if the layout is usable.
 
-    Checks: dp*mp*pp == devices; ep == 1 (dense model); heads and FFN divisible by mp, vocab
+    Checks: dp*mp*pp == devices; ep == 1 (dense model) or, with PanGu-Sigma's `experts`, ep
+    dividing dp and the experts, each domain filling whole ep ranks; heads and FFN divisible by mp, vocab
     too when it is split; num_layers >= pp; micro_batches >= pp when pipelining; global
     batch divisible by dp*micro_batches*accum; on CPU (device="CPU", more than one device) only data parallel without optimizer
     sharding. `device=None` skips the backend check (planning for another machine).
     """
-    problems = (_mesh_problems(parallel, devices) + _model_problems(model, parallel)
+    problems = (_mesh_problems(parallel, devices, experts is not None) + _model_problems(model, parallel)
+                + (_expert_problems(model, experts, parallel) if experts is not None else [])
                 + _batch_problems(parallel, global_batch, grad_accum_steps)
                 + _device_problems(parallel, device, devices))
     if parallel.pp > 1 and parallel.vocab_emb_dp:

@@ -88,7 +88,7 @@ class _Evaluator:
         self.network = network
         data = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size,
                              eod_id=job.model.eod_id, reset_at_eod=job.data.reset_at_eod, shuffle=False,
-                             drop_remainder=True, loss_mask=uses_loss_mask(job))
+                             drop_remainder=True, loss_mask=uses_loss_mask(job), domains=job.experts is not None)
         it = data.create_tuple_iterator(num_epochs=1, output_numpy=False)
         self.batches = [tuple(b) for _, b in zip(range(job.train.eval_batches), it)]
 
@@ -186,6 +186,16 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
                               "semi-auto parallel (parallel.dp only)")
         net, trainer = build_ascend_trainer(job, info)
         return net, trainer, data_sharding(job, info)
+    if job.experts is not None:  # PanGu-Sigma: one CPU process (its plan is Ascend-only and not run)
+        from pangu_ms.train.sigma import build_sigma_trainer
+
+        if info.world_size != 1:
+            raise ConfigError("PanGu-Sigma trains on one CPU process here; run it without msrun")
+        if masked:
+            raise ConfigError(f"{job.data.output_dir} holds loss-masked rows (code.stage=code_clm), which "
+                              "PanGu-Sigma's trainer does not take: prepare the data with code.stage: clm")
+        net, trainer = build_sigma_trainer(job)
+        return net, trainer, dict(batch_size=micro_batch_size(job, 1), num_shards=1, shard_id=0)
     net = parallelize_job((PanguAlphaWithMaskedLoss if masked else PanguAlphaWithLoss)(job.model, job_kernel_spec(job)),
                           job, info)
     optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
@@ -202,7 +212,7 @@ def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int
     dataset = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size, eod_id=job.model.eod_id,
                             reset_at_eod=job.data.reset_at_eod, shuffle=job.data.shuffle, seed=job.run.seed,
                             num_shards=num_shards, shard_id=shard_id, start_step=start_step,
-                            loss_mask=uses_loss_mask(job))
+                            loss_mask=uses_loss_mask(job), domains=job.experts is not None)
     per_epoch = dataset.get_dataset_size()
     # set_init_step(k) makes the iterator yield only the epochs from k's epoch on
     epochs = math.ceil(job.train.steps * accum / per_epoch) + 1

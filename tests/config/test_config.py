@@ -134,10 +134,11 @@ def test_every_choice_field_is_a_literal_checked_by_the_loader():
 
     import pangu_ms.config as c
 
-    sections = [f.type for f in dataclasses.fields(JobConfig)]
+    hints = typing.get_type_hints(JobConfig, vars(c))
     choices = {}
-    for name in sections:
-        cls = getattr(c, name) if isinstance(name, str) else name
+    for f in dataclasses.fields(JobConfig):
+        # an optional section (`experts: ExpertsConfig | None`) is checked as its class
+        cls = next(t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None))
         for f in dataclasses.fields(cls):
             tp = typing.get_type_hints(cls)[f.name]
             if typing.get_origin(tp) is typing.Literal:

@@ -23,8 +23,10 @@ from pangu_ms.config import JobConfig, load_config
 from pangu_ms.errors import ConfigError
 
 SECTIONS = [f.name for f in dataclasses.fields(JobConfig)]
-FIELDS = sorted({g.name for f in dataclasses.fields(JobConfig)
-                 for g in dataclasses.fields(typing.get_type_hints(JobConfig)[f.name])})
+# an optional section (`experts: ExpertsConfig | None`) contributes its class's fields
+_HINTS = {k: next(t for t in (typing.get_args(v) or (v,)) if t is not type(None))
+          for k, v in typing.get_type_hints(JobConfig).items()}
+FIELDS = sorted({g.name for f in dataclasses.fields(JobConfig) for g in dataclasses.fields(_HINTS[f.name])})
 FUZZ = settings(max_examples=400, deadline=timedelta(seconds=5),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

@@ -109,7 +109,9 @@ class KilledRun:
         self.base_records = len(kd.records(self.run))
         self.base_entries = kd.checkpoint_entries(self.run)
         # temporary entries left by earlier kills (stale: no process writes them any more)
-        self.stale = {e for e in self.base_entries if not kd.STEP_DIR.match(e)}
+        root = self.run / "checkpoints"
+        self.stale = {e for e in self.base_entries
+                      if not kd.STEP_DIR.match(e) or not (root / e / "manifest.json").exists()}
         self.resumed_from = kd.newest_loadable(self.run) if self.run.exists() else None
         args = ["pretrain", "--config", str(self.world.config), "--no-progress"]
         args += ["--resume", str(self.run)] if self.resumed_from is not None else ["--out", str(self.run)]
@@ -129,8 +131,11 @@ class KilledRun:
         return where + (f", checkpoint entries being written: {unfinished}" if unfinished else "")
 
     def unfinished(self) -> list[str]:
-        """Checkpoint entries this process has begun and not yet renamed to a step name."""
-        return [e for e in kd.checkpoint_entries(self.run) if not kd.STEP_DIR.match(e) and e not in self.stale]
+        """Checkpoint entries this process has begun and not finished: temporary names, and step
+        directories still without their manifest (written last, once every rank's files are in)."""
+        root = self.run / "checkpoints"
+        return [e for e in kd.checkpoint_entries(self.run) if e not in self.stale and (
+            not kd.STEP_DIR.match(e) or ((root / e).is_dir() and not (root / e / "manifest.json").exists()))]
 
     def killed(self, point: str, what: str | None) -> None:
         """Record the kill and check the invariants of a killed run directory."""

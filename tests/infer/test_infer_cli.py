@@ -56,10 +56,10 @@ def test_generate_json_greedy_reproducible(tiny_run, capsys, tmp_path):
 
 def _greedy_reference(lm, prompt: list[int], n: int, stop: int) -> list[int]:
     """Greedy tokens by full recompute with the training model (no cache, no decoder): the
-    prefix right-padded to seq_length under a causal mask, argmax at its last position."""
+    prefix right-padded to seq_length as one document (causal attention), argmax at its last position."""
     s = lm.config.seq_length
     pos = Tensor(np.arange(s, dtype=np.int32)[None])
-    mask = Tensor(np.tril(np.ones((s, s), np.float32))[None])
+    mask = Tensor(np.zeros((1, s), np.int32))  # document ids: the whole row is one document
     seq, out = list(prompt), []
     for _ in range(n):
         ids = np.full((1, s), 6, np.int32)

@@ -14,11 +14,12 @@ batch-matmuls and softmax, embedding gathers, the vocabulary projection, the los
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from mindspore import nn
+from pangu_testing import golden_dumps as dumps
+from pangu_testing import updating_golden as updating
 
 from pangu_ms.config import load_config
 from pangu_ms.kernels.switch import job_kernel_spec
@@ -43,29 +44,6 @@ def resolved_plan(name: str) -> dict:
             "mesh": {"dp": p.dp, "mp": p.mp, "pp": p.pp, "micro_batches": p.micro_batches,
                      "vocab_emb_dp": p.vocab_emb_dp, "optimizer_shard": p.optimizer_shard},
             "recompute_mode": job.recompute.mode, **read_back(net)}
-
-
-def dumps(obj: dict) -> str:
-    """JSON with one table entry per line (reviewable diffs)."""
-    lines, items = ["{"], list(obj.items())
-    for i, (key, value) in enumerate(items):
-        comma = "," if i < len(items) - 1 else ""
-        if isinstance(value, dict) and value:
-            rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()]
-            lines += [f" {json.dumps(key)}: {{", ",\n".join(rows), f" }}{comma}"]
-        else:
-            lines.append(f" {json.dumps(key)}: {json.dumps(value)}{comma}")
-    return "\n".join(lines + ["}"]) + "\n"
-
-
-def updating() -> bool:
-    """PANGU_UPDATE_GOLDEN=1 asks to rewrite the files; CI refuses it."""
-    if os.environ.get("PANGU_UPDATE_GOLDEN", "") not in ("", "0"):
-        if os.environ.get("CI"):
-            pytest.fail("PANGU_UPDATE_GOLDEN is set under CI: the golden test would compare the plans with what it "
-                        "just wrote; regenerate locally, review the diff and commit it")
-        return True
-    return False
 
 
 @pytest.mark.parametrize("name", LAYOUTS)

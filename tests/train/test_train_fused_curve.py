@@ -16,7 +16,7 @@ from pangu_ms.data.dataset import eod_reset
 from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
 from pangu_ms.train.optimizer import build_optimizer
 from pangu_ms.train.step import Trainer
-from train_toy import TOY_MODEL, toy_rows
+from toy_data import TOY_MODEL, toy_rows
 
 STEPS, BATCH = 200, 4
 OPT = OptimizerConfig(lr=3e-3, min_lr=3e-4, loss_scale=65536.0)
