@@ -225,7 +225,7 @@ def _stages(model: ModelConfig, parallel: ParallelConfig) -> dict[str, int]:
     for i, st in enumerate(stage_of_layer(model.num_layers, parallel.pp, parallel.pipeline_chunks)[:-1]):
         stages[f"lm.backbone.blocks.{i}"] = st
     stages.update({"lm.backbone.final_ln": last, "lm.backbone.top_query_embedding": last,
-                   "lm.backbone.query_layer": last, "lm": last, "loss": last})
+                   "lm.backbone.query_layer": last, "lm": last, "loss": last, "label_mask": last})
     return stages
 
 

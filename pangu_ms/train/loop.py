@@ -180,11 +180,7 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
     if info.mode == "semi_auto_parallel":  # built without weights; each data-parallel rank reads 1/dp
         from pangu_ms.train.ascend import build_ascend_trainer, data_sharding
 
-        if masked:
-            raise ConfigError(f"{job.data.output_dir} holds loss-masked rows (code.stage=code_clm); the Ascend "
-                              "semi-auto-parallel step takes no loss_mask input yet: train stage 2 without "
-                              "semi-auto parallel (parallel.dp only)")
-        net, trainer = build_ascend_trainer(job, info)
+        net, trainer = build_ascend_trainer(job, info, masked=masked)
         return net, trainer, data_sharding(job, info)
     if job.experts is not None:  # PanGu-Sigma: one CPU process (its plan is Ascend-only and not run)
         from pangu_ms.train.sigma import build_sigma_trainer

@@ -268,3 +268,30 @@ def test_stage2_starts_from_stage1_through_pretrain(tmp_path, code_tokenizer_dir
     (tmp_path / "data2" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="another tokenizer"):
         init_weights(PanguAlphaWithMaskedLoss(ModelConfig(**TINY)), tmp_path / "stage1", job2)
+
+
+def test_stage2_ascend_step_shards_the_loss_mask_like_the_other_inputs(tmp_path):
+    """Stage 2 on Ascend (semi-auto parallel, not compiled on CPU): the masked loss network is
+    built without weights, its dataset strategy splits all four inputs dp-way, and the label
+    masking ops are sharded over the batch and placed on the last pipeline stage with the loss."""
+    from pangu_testing import tiny_model_config
+    from pangu_ms.config import JobConfig, ParallelConfig, TrainConfig
+    from pangu_ms.models.pangu_alpha import PanguAlphaWithMaskedLoss
+    from pangu_ms.parallel.context import ParallelInfo, read_auto_parallel
+    from pangu_ms.parallel.layout import RankLayout
+    from pangu_ms.parallel.readback import read_stages, read_strategies
+    from pangu_ms.train.ascend import build_ascend_trainer
+
+    p = ParallelConfig(dp=2, mp=2, pp=2, micro_batches=4, optimizer_shard=True, vocab_emb_dp=False)
+    c = RankLayout(dp=2, mp=2, pp=2).coords(5)
+    info = ParallelInfo(rank=5, world_size=8, dp_rank=c.dp, dp_size=2, is_distributed=True, stage=c.stage,
+                        mp_rank=c.mp, mode="semi_auto_parallel", parallel=p)
+    job = JobConfig(model=tiny_model_config(), parallel=p, train=TrainConfig(global_batch_size=16))
+    eval_net, trainer = build_ascend_trainer(job, info, strategy_dir=str(tmp_path), masked=True)
+    assert read_auto_parallel(trainer.cell)["dataset_strategy"] == ((2, 1),) * 4
+    net = eval_net.network
+    assert isinstance(net, PanguAlphaWithMaskedLoss)
+    strategies = read_strategies(net)
+    assert strategies["label_mask.select"] == [[2], [2], [2]] and strategies["label_mask.ones_like"] == [[2]]
+    stages = read_stages(net)
+    assert stages["label_mask"] == stages["loss"] == 1
