@@ -63,11 +63,43 @@ def load_for_inference(path: str | Path):
     return job, model, load_tokenizer(step_dir, job)
 
 
+def init_weights(network, path: str | Path, job) -> Path:
+    """Load the model weights (`lm.*`) of the newest complete checkpoint under `path` into the loss
+    network `network` (`train.init_from`: PanGu-Coder's stage 2 from stage 1); returns the step dir.
+
+    The checkpoint's tokenizer must be the one `job`'s prepared data was tokenized with (same
+    sha256), and its weights must fit `job.model`; either mismatch is a CheckpointError.
+    """
+    import mindspore as ms
+
+    from pangu_ms.data.shards import read_manifest
+    from pangu_ms.tokenizer import MODEL_FILE, file_sha256
+
+    step_dir = newest_complete(path)
+    want = read_manifest(job.data.output_dir).get("tokenizer", {}).get("sha256")
+    copy = step_dir / store.TOKENIZER / MODEL_FILE
+    if want and copy.is_file() and file_sha256(copy) != want:
+        raise CheckpointError(f"train.init_from={path}: {step_dir} was trained with another tokenizer than "
+                              f"{job.data.output_dir} was prepared with (sha256 {file_sha256(copy)[:12]} vs "
+                              f"{want[:12]}); prepare the data with the checkpoint's tokenizer")
+    weights = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in model_weights(step_dir).items()}
+    ours = {p.name for p in network.get_parameters() if p.name.startswith(LM_PREFIX)}
+    if set(weights) != ours:
+        raise CheckpointError(f"train.init_from={path}: {step_dir} does not hold this model's weights (missing "
+                              f"{sorted(ours - set(weights))[:3]}, extra {sorted(set(weights) - ours)[:3]}); is it "
+                              "the same model family, with the model: of this job?")
+    load_into(network, weights, step_dir)
+    logger.info("initialised %d weights from %s", len(weights), step_dir)
+    return step_dir
+
+
 def load_tokenizer(step_dir: Path, job):
-    from pangu_ms.tokenizer import PanguTokenizer
+    """The checkpoint's tokenizer copy (else `tokenizer.path`), of the kind its tokenizer.json records
+    (a PanGu-Coder checkpoint carries its code tokenizer)."""
+    from pangu_ms.tokenizer import load_tokenizer as load_dir
 
     for d in (step_dir / store.TOKENIZER, Path(job.tokenizer.path)):
         if (d / "vocab.model").is_file():
-            return PanguTokenizer.from_dir(str(d))
+            return load_dir(str(d))
     raise CheckpointError(f"{step_dir}: no tokenizer copy (tokenizer/vocab.model) and "
                           f"tokenizer.path={job.tokenizer.path!r} has none either")

@@ -85,11 +85,9 @@ def _humaneval(args: argparse.Namespace, task) -> dict:
         result = run_humaneval(task, completions_file=args.completions, out=out)
     else:
         from pangu_ms.runtime import setup_context
-        from pangu_ms.tokenizer import load_tokenizer
         from pangu_ms.train.checkpoint import load_for_inference
 
-        job, lm, tok = load_for_inference(args.ckpt)
-        tok = load_tokenizer(Path(tok.source).parent)  # the kind its tokenizer.json records
+        job, lm, tok = load_for_inference(args.ckpt)  # the tokenizer of the kind its tokenizer.json records
         setup_context(job.run, args.device)
         out = Path(args.out or Path(args.ckpt) / "humaneval_results.jsonl")
         result = run_humaneval(task, lm=lm, tok=tok, out=out, samples_out=_samples_path(out),

@@ -26,6 +26,10 @@ class CodeConfig:
     """drop files that overlap HumanEval (entry-point names, long n-grams of prompts and solutions)."""
     ngram: int = 20
     """length in code tokens of an n-gram shared with HumanEval that marks a file as overlapping."""
+    stage: Literal['clm', 'code_clm'] = "clm"
+    """what `prepare` makes of code sources: clm (stage 1) = whole files, causal LM on every token;
+    code_clm (stage 2) = the files' docstring-to-function pairs in `pair_layout`, each followed by
+    `<eod>`, with a `loss_mask` column that keeps the loss on the code tokens and `<eot>` only."""
     pair_layout: Literal['tagged', 'inline'] = "tagged"
     """stage-2 row: tagged = `<comments> docstring <python> code <eot>`; inline = the function as
     written (signature and docstring, then the body) `<eot>`, with the loss on the body."""

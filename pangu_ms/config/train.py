@@ -41,9 +41,10 @@ class TrainConfig:
     log_every: int = 10
     """metrics log line every this many steps."""
     init_from: str = ""
-    """start from the model weights of this checkpoint (run dir, checkpoints/ or step dir; no
-    optimizer state, step 0), e.g. a `sigma init` output or a dense model to continue; ignored
-    on --resume. Empty: random initialisation."""
+    """start from the model weights of the newest complete checkpoint under this path (a run, its
+    checkpoints/ or one step dir; no optimizer state, step 0, data from the start): PanGu-Coder's
+    stage 2 from stage 1, a `sigma init` output, or a dense model to continue. The checkpoint's
+    tokenizer must match the run's. Empty: random init. `--resume` takes precedence."""
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -22,18 +22,17 @@ import logging
 
 import numpy as np
 
-from pangu_ms.data.shards import DOMAIN_COLUMN, ROW_COLUMN, check_files
+from pangu_ms.data.shards import DOMAIN_COLUMN, LOSS_MASK_COLUMN, ROW_COLUMN, check_files
 from pangu_ms.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 
 
-def row_schema(seq_length: int, *, domains: bool = False) -> dict:
-    """MindRecord schema of a shard: one int32 column of `seq_length + 1` ids (and with `domains`,
-    PanGu-Sigma's int32 domain id of the row)."""
-    schema = {ROW_COLUMN: {"type": "int32", "shape": [seq_length + 1]}}
-    return {**schema, DOMAIN_COLUMN: {"type": "int32"}} if domains else schema
+def row_schema(seq_length: int) -> dict:
+    """MindRecord schema of a shard's rows: one int32 column of `seq_length + 1` ids (write_shards
+    adds any extra columns)."""
+    return {ROW_COLUMN: {"type": "int32", "shape": [seq_length + 1]}}
 
 
 def document_ids(inputs: np.ndarray, eod_id: int) -> np.ndarray:
@@ -103,7 +102,7 @@ def _bind_seed(data, seed: int) -> None:
 def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id: int,
                   reset_at_eod: bool = True, shuffle: bool = True, seed: int = 0,
                   num_shards: int = 1, shard_id: int = 0, start_step: int = 0,
-                  drop_remainder: bool = True, domains: bool = False):
+                  drop_remainder: bool = True, loss_mask: bool = False, domains: bool = False):
     """A `mindspore.dataset.Dataset` over packed-row MindRecord shards.
 
     Yields per batch: `input_ids` int32 [B, S + 1], `position_id` int32 [B, S],
@@ -119,6 +118,8 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
             MindSpore repeats a few rows to even the shards out.
         start_step: batches to skip (counted across epochs) to resume exactly.
         drop_remainder: drop the last partial batch of each epoch.
+        loss_mask: also read the shards' `loss_mask` column (float32 [S], one weight per label,
+            written for PanGu-Coder's stage-2 rows) and yield it after `document_id` as [B, S].
         domains: also yield PanGu-Sigma's `domain_id` int32 [B] last (shards written with domains).
     """
     import mindspore.dataset as ds
@@ -130,7 +131,8 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
         raise DataError(f"batch_size={batch_size}, seq_length={seq_length}, start_step={start_step}: "
                         "batch_size and seq_length must be >= 1, start_step >= 0")
     ds.config.set_seed(seed)
-    columns = [ROW_COLUMN, DOMAIN_COLUMN] if domains else [ROW_COLUMN]
+    extra = [LOSS_MASK_COLUMN] * loss_mask + [DOMAIN_COLUMN] * domains
+    columns = [ROW_COLUMN] + extra
     data = ds.MindDataset(files, columns_list=columns,
                           shuffle=ds.Shuffle.GLOBAL if shuffle else False,
                           num_shards=num_shards if num_shards > 1 else None,
@@ -152,8 +154,8 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
 
     data = data.map(add_eod_columns, input_columns=[ROW_COLUMN],
                     output_columns=[ROW_COLUMN, "position_id", "document_id"])
-    if domains:
-        data = data.project([ROW_COLUMN, "position_id", "document_id", DOMAIN_COLUMN])
+    if extra:
+        data = data.project([ROW_COLUMN, "position_id", "document_id", *extra])
     if start_step:
         data.set_init_step(start_step)
     _bind_seed(data, seed)

@@ -95,10 +95,17 @@ def pack_rows(docs: list[list[int]], seq_length: int, eod_id: int, *,
                   "tail_tokens_dropped": int(tail if pad_id is None else 0), "pad_tokens": int(padded)}
 
 
+def _cell(x):
+    """One row's value of an extra column: an array stays an array, a scalar becomes a Python number."""
+    return x.item() if np.ndim(x) == 0 else x
+
+
 def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: int,
-                 domains: np.ndarray | None = None) -> list[str]:
-    """Write rows as `<out_dir>/<split>/<split>.mindrecord<k>` through a temporary directory
-    (with `domains` [N], PanGu-Sigma's domain id of each row in a second column).
+                 columns: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Write rows as `<out_dir>/<split>/<split>.mindrecord<k>` through a temporary directory.
+
+    `columns` adds per-row arrays ([N, ...] int32 or float32) as columns of their own next to
+    `input_ids`: stage-2 code rows' `loss_mask` and `pair_id`, PanGu-Sigma's scalar `domain_id`.
 
     The old `<split>` directory is replaced only after every new shard is committed, so an
     interrupted run leaves either the old complete set or a `.tmp-*` directory, never a
@@ -108,6 +115,14 @@ def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: 
 
     if len(rows) == 0:
         raise DataError(f"no {split} rows to write")
+    columns = columns or {}
+    schema = row_schema(rows.shape[1] - 1)
+    for name, arr in columns.items():
+        if len(arr) != len(rows):
+            raise DataError(f"column {name!r} has {len(arr)} rows, {split} has {len(rows)}")
+        schema[name] = {"type": "float32" if arr.dtype.kind == "f" else "int32"}
+        if arr.ndim > 1:
+            schema[name]["shape"] = list(arr.shape[1:])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in list(out.glob(f".tmp-{split}-*")) + list(out.glob(f".old-{split}-*")):
@@ -121,16 +136,12 @@ def write_shards(rows: np.ndarray, out_dir: str | Path, split: str, num_shards: 
             writer = FileWriter(str(tmp / f"{split}.mindrecord{s}"), shard_num=1, overwrite=True)
             writer.set_header_size(1 << 16)
             writer.set_page_size(1 << 22)
-            schema = row_schema(rows.shape[1] - 1, domains=domains is not None)
             writer.add_schema(schema, f"pangu_ms {split} rows")
-            block = rows[bounds[s]:bounds[s + 1]]
-            dom = None if domains is None else np.asarray(domains, np.int32)[bounds[s]:bounds[s + 1]]
-            for i in range(0, len(block), 4096):
-                if dom is None:
-                    writer.write_raw_data([{ROW_COLUMN: r} for r in block[i:i + 4096]])
-                else:
-                    writer.write_raw_data([{ROW_COLUMN: r, DOMAIN_COLUMN: int(d)}
-                                           for r, d in zip(block[i:i + 4096], dom[i:i + 4096])])
+            lo, hi = bounds[s], bounds[s + 1]
+            for i in range(lo, hi, 4096):
+                j = min(hi, i + 4096)
+                writer.write_raw_data([{ROW_COLUMN: rows[k], **{name: _cell(arr[k]) for name, arr in columns.items()}}
+                                       for k in range(i, j)])
             writer.commit()
         final = out / split
         if final.exists():

@@ -74,6 +74,7 @@ def build_manifest(job, tok, plan: list[dict], splits: dict, files: dict[str, li
     return {"format": "pangu_ms.prepare/1", "seq_length": job.model.seq_length,
             "row_length": job.model.seq_length + 1, "eod_id": tok.eod_id, "pad_id": tok.pad_id,
             "splits": split_info, "sources": plan,
-            "tokenizer": {"path": job.tokenizer.path, "sha256": tok.checksum, "vocab_size": tok.vocab_size},
+            "tokenizer": {"path": job.tokenizer.path, "sha256": tok.checksum, "vocab_size": tok.vocab_size,
+                          "kind": getattr(tok, "kind", "pangu")},
             "config": {"seed": job.run.seed, "model": {"seq_length": job.model.seq_length},
                        "tokenizer": dataclasses.asdict(job.tokenizer), "data": dataclasses.asdict(job.data)}}

@@ -14,6 +14,8 @@ from pathlib import Path
 from pangu_ms.errors import DataError
 
 ROW_COLUMN = "input_ids"
+LOSS_MASK_COLUMN = "loss_mask"  # stage-2 code rows: float32 [S], the weight of each label
+PAIR_ID_COLUMN = "pair_id"  # stage-2 code rows: int32 [S + 1], the pair of each id (-1 on padding)
 DOMAIN_COLUMN = "domain_id"
 """PanGu-Sigma shards: the domain id of each row (int32; a row never mixes domains)."""
 SPLITS = ("train", "heldout")

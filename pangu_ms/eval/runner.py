@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -127,37 +128,48 @@ def generate_task(task: TaskConfig, lm, tok, shots: int, *, batch_size: int = 4)
 
 
 def heldout_perplexity(task: TaskConfig, job, scorer: Scorer, tok) -> dict:
-    """Token perplexity of a corpus: 'heldout' (the prepared held-out split) or a text/JSONL path."""
-    rows = _perplexity_rows(task, job, tok)
+    """Token perplexity of a corpus: 'heldout' (the prepared held-out split), another `prepare` output
+    directory (its held-out split) or a text/JSONL path. Rows with a `loss_mask` column (PanGu-Coder
+    stage 2) count only the labels it marks (the code tokens and `<eot>`); `loss` is the mean NLL."""
+    rows, mask = _perplexity_rows(task, job, tok)
     if task.limit:
         rows = rows[: task.limit]
     nll, n = 0.0, 0
     t0 = time.perf_counter()
     pad = job.model.pad_id
-    for lp, row in zip(scorer.logprobs([list(r) for r in rows], reset_at_eod=job.data.reset_at_eod), rows):
+    for i, (lp, row) in enumerate(zip(scorer.logprobs([list(r) for r in rows], reset_at_eod=job.data.reset_at_eod),
+                                      rows)):
         keep = row[1:] != pad
+        if mask is not None:
+            keep &= mask[i] > 0
         nll -= float(lp[keep].sum())
         n += int(keep.sum())
-    return {"perplexity": metrics.perplexity(nll, n), "tokens": n, "rows": len(rows),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {"perplexity": metrics.perplexity(nll, n), "loss": nll / max(n, 1), "tokens": n, "rows": len(rows),
+            "masked": mask is not None, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _perplexity_rows(task: TaskConfig, job, tok) -> np.ndarray:
-    """int32 rows [N, seq_length + 1] (documents separated by <eod>, tail padded)."""
+def _perplexity_rows(task: TaskConfig, job, tok) -> tuple[np.ndarray, np.ndarray | None]:
+    """int32 rows [N, seq_length + 1] (documents separated by <eod>, tail padded) and the rows'
+    loss mask [N, seq_length] when the prepared split has one (else None)."""
     s = job.model.seq_length
-    if task.dataset == "heldout":
+    from pangu_ms.data.shards import LOSS_MASK_COLUMN, MANIFEST, read_manifest, shard_files
+
+    prepared = job.data.output_dir if task.dataset == "heldout" else task.dataset
+    if task.dataset == "heldout" or (Path(prepared) / MANIFEST).is_file():
         import mindspore.dataset as ds
 
-        from pangu_ms.data.shards import shard_files
-
-        data = ds.MindDataset(shard_files(job.data.output_dir, "heldout"), columns_list=["input_ids"], shuffle=False)
-        return np.stack([r["input_ids"] for r in data.create_dict_iterator(num_epochs=1, output_numpy=True)])
+        cols = ["input_ids"] + ([LOSS_MASK_COLUMN] if LOSS_MASK_COLUMN in read_manifest(prepared).get("columns", [])
+                                else [])
+        data = ds.MindDataset(shard_files(prepared, "heldout"), columns_list=cols, shuffle=False)
+        got = list(data.create_dict_iterator(num_epochs=1, output_numpy=True))
+        rows = np.stack([r["input_ids"] for r in got])
+        return rows, (np.stack([r[LOSS_MASK_COLUMN] for r in got]) if len(cols) > 1 else None)
     from pangu_ms.data.corpora import load_texts
     from pangu_ms.data.packing import pack_rows
 
     docs = [tok.encode(t) for t in load_texts(task.dataset, task.text_field)]
     rows, _ = pack_rows(docs, s, tok.eod_id, pad_id=job.model.pad_id)
-    return rows
+    return rows, None
 
 
 def evaluate(task, job, lm, tok, *, shots: int | None = None, batch_size: int = 8) -> dict:

@@ -271,6 +271,41 @@ class PanguAlphaWithLoss(nn.Cell):
         return self.loss(h, self.lm.backbone.word_embedding.embedding_table, labels)
 
 
+class LabelMask(nn.Cell):
+    """labels [T] with every label whose flag in loss_mask [T] is 0 replaced by `pad_id`."""
+
+    def __init__(self, pad_id: int):
+        super().__init__()
+        self.pad_id = pad_id
+        self.select = P.Select()
+        self.ones_like = P.OnesLike()
+
+    def construct(self, labels, loss_mask):
+        pad = self.ones_like(labels) * self.pad_id  # [T]
+        return self.select(loss_mask > 0, labels, pad)  # [T]
+
+
+class PanguAlphaWithMaskedLoss(PanguAlphaWithLoss):
+    """`PanguAlphaWithLoss` with a fourth input, loss_mask fp32 [B, S] of 0/1 flags aligned with
+    the labels ids[:, 1:] (PanGu-Coder's CODE-CLM: 1 on code tokens and `<eot>`).
+
+    A label whose flag is 0 is scored as padding, so the loss is the mean NLL over the flagged
+    labels and the others get no gradient, whichever loss cell is in place (fused, vocab-parallel).
+    Same parameters and names as `PanguAlphaWithLoss`: checkpoints move between the two.
+    """
+
+    def __init__(self, cfg: ModelConfig, kernels: KernelSpec | None = None):
+        super().__init__(cfg, kernels)
+        self.label_mask = LabelMask(cfg.pad_id)
+
+    def construct(self, input_ids, position_ids, document_ids, loss_mask):
+        s = self.config.seq_length
+        tokens = input_ids[:, :s]  # [B, S]
+        labels = self.label_mask(input_ids[:, 1:].reshape(-1), loss_mask.reshape(-1))  # [T]
+        h = self.lm.backbone(tokens, position_ids, document_ids)  # [T, H]
+        return self.loss(h, self.lm.backbone.word_embedding.embedding_table, labels)
+
+
 def count_parameters(cfg: ModelConfig) -> int:
     """Exact parameter count of `PanguAlphaLM(cfg)` from the shape alone.
 

@@ -56,8 +56,12 @@ def named_primitives(model: nn.Cell) -> dict[str, object]:
 
 
 def _applicable(glob: str, model: nn.Cell) -> bool:
-    """Entries under `loss` do not apply to a bare LM."""
-    return bool(_prefix(model) == "" or not (glob == "loss" or glob.startswith("loss.")))
+    """Entries under `loss` do not apply to a bare LM, nor entries under `label_mask` to a model
+    without PanGu-Coder's masked loss."""
+    head = glob.split(".", 1)[0]
+    if head == "label_mask":
+        return hasattr(model, "label_mask")
+    return bool(_prefix(model) == "" or head != "loss")
 
 
 def glob_regex(glob: str) -> re.Pattern:

@@ -206,6 +206,8 @@ def pangu_alpha_plan(model: ModelConfig, parallel: ParallelConfig,
         "lm.vocab_proj": (ROW, (V if vocab_split else None, None)),  # table [V, H], transpose_b (inference)
         "lm.cast": REPLICATED,
         **_loss(vocab_parallel, vocab_split, roles),
+        # PanGu-Coder's stage 2 (PanguAlphaWithMaskedLoss): unflagged labels [T] -> pad
+        "label_mask.ones_like": ((B,),), "label_mask.select": ((B,), (B,), (B,)),
     }
     if model.dropout > 0:
         s[f"{bb}.embedding_dropout.dropout"] = (ROW,)
@@ -223,7 +225,7 @@ def _stages(model: ModelConfig, parallel: ParallelConfig) -> dict[str, int]:
     for i, st in enumerate(stage_of_layer(model.num_layers, parallel.pp, parallel.pipeline_chunks)[:-1]):
         stages[f"lm.backbone.blocks.{i}"] = st
     stages.update({"lm.backbone.final_ln": last, "lm.backbone.top_query_embedding": last,
-                   "lm.backbone.query_layer": last, "lm": last, "loss": last})
+                   "lm.backbone.query_layer": last, "lm": last, "loss": last, "label_mask": last})
     return stages
 
 

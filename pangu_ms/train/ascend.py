@@ -33,7 +33,8 @@ from pangu_ms.train.step import TrainStep, Trainer, new_loss_scale
 
 TRAIN_INPUT_RANKS = (2, 2, 2)
 """Ranks of the step's inputs: input_ids [B, S+1], position_id [B, S], document_id [B, S]
-(`pangu_ms.data.dataset.build_dataset`'s columns; a test keeps the two in step)."""
+(`pangu_ms.data.dataset.build_dataset`'s columns; a test keeps the two in step). PanGu-Coder's
+stage 2 (`masked`) adds loss_mask [B, S]."""
 
 
 class GradReducer(PipelineGradReducer):
@@ -89,25 +90,29 @@ def data_sharding(job: JobConfig, info) -> dict[str, int]:
                 shard_id=info.dp_rank)
 
 
-def build_ascend_trainer(job: JobConfig, info, *, strategy_dir: str | None = None) -> tuple[nn.Cell, Trainer]:
+def build_ascend_trainer(job: JobConfig, info, *, strategy_dir: str | None = None,
+                         masked: bool = False) -> tuple[nn.Cell, Trainer]:
     """(evaluation network, trainer) for this rank, as the module docstring describes.
 
     The evaluation network is the loss network in its own `AutoParallel` wrapper fed whole
-    batches (every rank evaluates the same held-out rows)."""
+    batches (every rank evaluates the same held-out rows). `masked`: the loss network is
+    `PanguAlphaWithMaskedLoss` (PanGu-Coder's stage 2), whose fourth input loss_mask the dataset
+    strategy splits dp-way like the others."""
     from pangu_ms.kernels.switch import job_kernel_spec
-    from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
+    from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss, PanguAlphaWithMaskedLoss
     from pangu_ms.parallel.apply import mark_lazy_inline, parallelize_job
     from pangu_ms.parallel.context import auto_parallel
     from pangu_ms.train.optimizer import build_optimizer
 
     parallel = info.parallel
     with nn.utils.no_init_parameters():
-        net = parallelize_job(PanguAlphaWithLoss(job.model, job_kernel_spec(job)), job, info)
+        loss_net = (PanguAlphaWithMaskedLoss if masked else PanguAlphaWithLoss)(job.model, job_kernel_spec(job))
+        net = parallelize_job(loss_net, job, info)
         mark_lazy_inline(net)
         optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
         step = ascend_train_cell(net, optimizer, job, parallel)
     strategy_dir = strategy_dir or os.path.join(job.run.output_dir, "strategy")
-    wrapped = auto_parallel(step, parallel, input_ranks=TRAIN_INPUT_RANKS,
+    wrapped = auto_parallel(step, parallel, input_ranks=TRAIN_INPUT_RANKS + (2,) * masked,
                             strategy_file=os.path.join(strategy_dir, f"strategy_rank{info.rank}.ckpt"))
     # AutoParallel must stay that exact class (MindSpore's compile step recognises it by name), so
     # the loss scale Trainer reads is a plain attribute here, not a second registration of it

@@ -71,6 +71,14 @@ def token_counts(files: list[str], vocab_size: int) -> np.ndarray:
     return counts
 
 
+def uses_loss_mask(job: JobConfig) -> bool:
+    """True when prepare wrote a `loss_mask` column (PanGu-Coder stage 2): the loss is then the
+    mask-weighted mean (`PanguAlphaWithMaskedLoss`) and every batch carries the mask."""
+    from pangu_ms.data.shards import LOSS_MASK_COLUMN, read_manifest
+
+    return LOSS_MASK_COLUMN in read_manifest(job.data.output_dir).get("columns", [])
+
+
 class _Evaluator:
     """Mean held-out loss over the first `eval_batches` held-out batches (fixed, cached)."""
 
@@ -80,7 +88,7 @@ class _Evaluator:
         self.network = network
         data = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size,
                              eod_id=job.model.eod_id, reset_at_eod=job.data.reset_at_eod, shuffle=False,
-                             drop_remainder=True, domains=job.experts is not None)
+                             drop_remainder=True, loss_mask=uses_loss_mask(job), domains=job.experts is not None)
         it = data.create_tuple_iterator(num_epochs=1, output_numpy=False)
         self.batches = [tuple(b) for _, b in zip(range(job.train.eval_batches), it)]
 
@@ -130,7 +138,8 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
         pos = _Position(state.step, state.data_step, state.tokens_seen)
         log.write("resume", step=pos.step, path=str(state.path))
     elif job.train.init_from:
-        log.write("init", path=str(_init_weights(net, job.train.init_from)))
+        src = ckpt.init_weights(net, job.train.init_from, job)
+        log.write("init", path=str(src), weights_crc32=weights_digest(net))
     batches = _train_batches(job, train_files, trainer.accum_steps, pos.data_step, **sharding)
     evaluator = None
     if job.train.eval_every > 0 and job.data.heldout_fraction > 0:
@@ -145,25 +154,6 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     result = _run(job, trainer, batches, evaluator, pos, log, checkpointer, is_main, progress, meta)
     result["setup_s"] = result.pop("t_loop_start") - t_start
     return _finish(job, result, net, train_files, run_dir, info, t_start)
-
-
-def _init_weights(net, path: str) -> Path:
-    """Load the model weights (`lm.*`) of the newest complete checkpoint under `path` into `net`."""
-    import mindspore as ms
-
-    from pangu_ms.checkpoint.inference import model_weights, newest_complete
-    from pangu_ms.checkpoint.training import load_into
-
-    step_dir = newest_complete(path)
-    weights = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in model_weights(step_dir).items()}
-    ours = {p.name for p in net.get_parameters() if p.name.startswith(ckpt.LM_PREFIX)}
-    if set(weights) != ours:
-        raise ConfigError(f"train.init_from={path}: {step_dir} does not hold this model's weights (missing "
-                          f"{sorted(ours - set(weights))[:3]}, extra {sorted(set(weights) - ours)[:3]}); is it "
-                          "the same model family and shape?")
-    load_into(net, weights, step_dir)
-    logger.info("initialised the model from %s", step_dir)
-    return step_dir
 
 
 def _data_layout(sharding: dict[str, int], accum: int) -> dict[str, int]:
@@ -182,23 +172,28 @@ def _check_same_data_layout(meta: dict[str, Any], sharding: dict[str, int], accu
 def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
     """(loss network, trainer, dataset sharding) for the parallel mode in use."""
     from pangu_ms.kernels.switch import job_kernel_spec
-    from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss
+    from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss, PanguAlphaWithMaskedLoss
     from pangu_ms.parallel import parallelize_job
     from pangu_ms.train.step import Trainer
 
+    masked = uses_loss_mask(job)
     if info.mode == "semi_auto_parallel":  # built without weights; each data-parallel rank reads 1/dp
         from pangu_ms.train.ascend import build_ascend_trainer, data_sharding
 
-        net, trainer = build_ascend_trainer(job, info)
+        net, trainer = build_ascend_trainer(job, info, masked=masked)
         return net, trainer, data_sharding(job, info)
     if job.experts is not None:  # PanGu-Sigma: one CPU process (its plan is Ascend-only and not run)
         from pangu_ms.train.sigma import build_sigma_trainer
 
         if info.world_size != 1:
             raise ConfigError("PanGu-Sigma trains on one CPU process here; run it without msrun")
+        if masked:
+            raise ConfigError(f"{job.data.output_dir} holds loss-masked rows (code.stage=code_clm), which "
+                              "PanGu-Sigma's trainer does not take: prepare the data with code.stage: clm")
         net, trainer = build_sigma_trainer(job)
         return net, trainer, dict(batch_size=micro_batch_size(job, 1), num_shards=1, shard_id=0)
-    net = parallelize_job(PanguAlphaWithLoss(job.model, job_kernel_spec(job)), job, info)
+    net = parallelize_job((PanguAlphaWithMaskedLoss if masked else PanguAlphaWithLoss)(job.model, job_kernel_spec(job)),
+                          job, info)
     optimizer = build_optimizer(net.trainable_params(), job.optimizer, job.schedule, job.train.steps)
     trainer = Trainer(net, optimizer, job.optimizer, accum_steps=job.train.grad_accum_steps)
     return net, trainer, dict(batch_size=micro_batch_size(job, info.dp_size), num_shards=info.dp_size,
@@ -213,7 +208,7 @@ def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int
     dataset = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size, eod_id=job.model.eod_id,
                             reset_at_eod=job.data.reset_at_eod, shuffle=job.data.shuffle, seed=job.run.seed,
                             num_shards=num_shards, shard_id=shard_id, start_step=start_step,
-                            domains=job.experts is not None)
+                            loss_mask=uses_loss_mask(job), domains=job.experts is not None)
     per_epoch = dataset.get_dataset_size()
     # set_init_step(k) makes the iterator yield only the epochs from k's epoch on
     epochs = math.ceil(job.train.steps * accum / per_epoch) + 1

@@ -50,3 +50,12 @@ def test_tiny_run_config_names_the_code_corpus(repo_root):
     job = load_config(repo_root / "ascend_configs" / "runs" / "pangu_coder_tiny_cpu.yaml")
     assert [s.name for s in job.data.sources] == ["python_stdlib"] and job.code.pair_layout == "tagged"
     assert job.tokenizer.kind == "code" and job.tokenizer.vocab_size <= job.model.vocab_size
+
+
+def test_tiny_stage2_config_starts_from_stage1(repo_root):
+    runs = repo_root / "ascend_configs" / "runs"
+    one, two = load_config(runs / "pangu_coder_tiny_cpu.yaml"), load_config(runs / "pangu_coder_tiny_cpu_stage2.yaml")
+    assert (one.code.stage, two.code.stage) == ("clm", "code_clm")
+    assert two.train.init_from == one.run.output_dir and two.run.output_dir != one.run.output_dir
+    assert two.data.output_dir != one.data.output_dir  # stage-2 shards do not replace stage 1's
+    assert two.model == one.model and two.tokenizer == one.tokenizer  # what init_from requires

@@ -153,6 +153,7 @@ def test_every_choice_field_is_a_literal_checked_by_the_loader():
         "CheckpointConfig.format": ("ckpt", "safetensors"), "RunConfig.device": ("CPU", "Ascend"),
         "RunConfig.mode": ("graph", "pynative"), "FinetuneConfig.method": ("full", "lora"),
         "TokenizerConfig.kind": ("pangu", "code"), "TokenizerConfig.indentation": ("verbatim", "tokens"),
+        "CodeConfig.stage": ("clm", "code_clm"),
         "CodeConfig.pair_layout": ("tagged", "inline"),
     }
 
