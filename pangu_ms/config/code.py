@@ -33,6 +33,9 @@ class CodeConfig:
     pair_layout: Literal['tagged', 'inline'] = "tagged"
     """stage-2 row: tagged = `<comments> docstring <python> code <eot>`; inline = the function as
     written (signature and docstring, then the body) `<eot>`, with the loss on the body."""
+    docstring_mask: float = 0.0
+    """share of each training pair's docstring ids replaced by `<mask>` (tagged layout only; a
+    secondary source on PanGu-Coder tried 0.15). Held-out pairs keep their whole docstring."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -40,4 +43,7 @@ class CodeConfig:
         require(self.max_mean_line_chars > 0, "max_mean_line_chars", self.max_mean_line_chars, "must be > 0")
         require(self.max_line_chars > 0, "max_line_chars", self.max_line_chars, "must be > 0")
         require(0.0 <= self.heldout_fraction < 0.5, "heldout_fraction", self.heldout_fraction, "must be in [0, 0.5)")
+        require(0.0 <= self.docstring_mask < 1.0, "docstring_mask", self.docstring_mask, "must be in [0, 1)")
+        require(self.docstring_mask == 0.0 or self.pair_layout == "tagged", "docstring_mask", self.docstring_mask,
+                "needs pair_layout: tagged (inline rows have no separate docstring)")
         require(self.ngram >= 5, "ngram", self.ngram, "must be >= 5 (shorter n-grams match ordinary code)")

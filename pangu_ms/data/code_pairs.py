@@ -208,6 +208,18 @@ def pair_ids(tok, pair: CodePair, layout: str) -> tuple[list[int], list[bool]]:
     return ids, target
 
 
+def mask_docstring(ids: list[int], fraction: float, tok, rng: np.random.Generator) -> tuple[list[int], int]:
+    """A tagged pair's ids with round(fraction * d) of its d docstring ids (those between
+    `<comments>` and `<python>`), drawn without replacement, replaced by `<mask>`; and that number.
+    The code, the tags and the CODE-CLM targets are untouched."""
+    start, stop = ids.index(tok.comments_id) + 1, ids.index(tok.python_id)
+    k = round(fraction * (stop - start))
+    out = list(ids)
+    for i in rng.choice(np.arange(start, stop), size=k, replace=False):
+        out[i] = tok.mask_id
+    return out, k
+
+
 def loss_mask(target: list[bool] | np.ndarray) -> np.ndarray:
     """float32 [len - 1]: 1 where the label (the next id) is a target, for a row of len ids.
 

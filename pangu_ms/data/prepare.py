@@ -183,7 +183,7 @@ def _pair_rows(tok: CodeTokenizer, files, layout: str, workers: int) -> tuple[li
 
 def _stage2_splits(job: JobConfig, tok: CodeTokenizer, sources: list[SourceData], workers: int):
     """(mixing plan, {split: (ids, counts, columns)}, pair counts) for `code.stage: code_clm`."""
-    from pangu_ms.data.code_pairs import pack_pairs
+    from pangu_ms.data.code_pairs import mask_docstring, pack_pairs
 
     seq, layout = job.model.seq_length, job.code.pair_layout
     per_source = [_pair_rows(tok, s.code.train, layout, workers) for s in sources]
@@ -196,6 +196,11 @@ def _stage2_splits(job: JobConfig, tok: CodeTokenizer, sources: list[SourceData]
     for entry, (rows, _) in zip(plan, per_source):
         picked.extend(rows[i] for i in select_documents([len(r[0]) for r in rows], entry["passes"], rng))
     picked = [picked[i] for i in rng.permutation(len(picked))]
+    masked = 0
+    if job.code.docstring_mask > 0:  # each training instance draws its own positions
+        for j, (ids_j, target) in enumerate(picked):
+            ids_j, k = mask_docstring(ids_j, job.code.docstring_mask, tok, rng)
+            picked[j], masked = (ids_j, target), masked + k
     splits = {}
     for name, rows in (("train", picked), ("heldout", held_rows)):
         if not rows:
@@ -208,6 +213,7 @@ def _stage2_splits(job: JobConfig, tok: CodeTokenizer, sources: list[SourceData]
         raise DataError(f"code.stage=code_clm: no stage-2 pair of the training files fits a row of "
                         f"model.seq_length+1={seq + 1} ids; raise model.seq_length or add code with docstrings")
     pair_counts = {s.cfg.name: c for s, (_, c) in zip(sources, per_source)}
+    splits["train"][1]["docstring_ids_masked"] = masked
     return plan, splits, pair_counts
 
 

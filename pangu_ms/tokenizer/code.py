@@ -36,8 +36,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pangu_ms.errors import DataError
-from pangu_ms.tokenizer.tokenizer import (BOS_ID, EOD_ID, EOS_ID, EOT_ID, INFO_FILE, MODEL_FILE, NEWLINE, NEWLINE_ID,
-                                          PAD_ID, SPACE, SPECIAL_PIECES, UNK_ID, PanguTokenizer, save_tokenizer)
+from pangu_ms.tokenizer.tokenizer import (BOS_ID, EOD_ID, EOS_ID, EOT_ID, INFO_FILE, MASK_ID, MODEL_FILE, NEWLINE,
+                                          NEWLINE_ID, PAD_ID, SPACE, SPECIAL_PIECES, UNK_ID, PanguTokenizer, save_tokenizer)
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class CodeTokenizer:
     """Exact SentencePiece tokenizer for source code (see the module docstring)."""
 
     kind = KIND
-    eod_id, pad_id, eot_id, unk_id, newline_id = EOD_ID, PAD_ID, EOT_ID, UNK_ID, NEWLINE_ID
+    eod_id, pad_id, eot_id, unk_id, newline_id, mask_id = EOD_ID, PAD_ID, EOT_ID, UNK_ID, NEWLINE_ID, MASK_ID
     comments_id, python_id, indent_id, dedent_id = COMMENTS_ID, PYTHON_ID, INDENT_ID, DEDENT_ID
 
     def __init__(self, model_proto: bytes, *, indentation: str = "verbatim", indent_unit: int = 4,

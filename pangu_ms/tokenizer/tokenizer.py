@@ -110,6 +110,7 @@ class PanguTokenizer:
     pad_id = PAD_ID
     eot_id = EOT_ID
     unk_id = UNK_ID
+    mask_id = MASK_ID
 
     @property
     def checksum(self) -> str:

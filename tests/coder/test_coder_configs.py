@@ -59,3 +59,12 @@ def test_tiny_stage2_config_starts_from_stage1(repo_root):
     assert two.train.init_from == one.run.output_dir and two.run.output_dir != one.run.output_dir
     assert two.data.output_dir != one.data.output_dir  # stage-2 shards do not replace stage 1's
     assert two.model == one.model and two.tokenizer == one.tokenizer  # what init_from requires
+
+
+def test_docstring_masking_is_refused_where_there_is_no_separate_docstring():
+    from pangu_ms.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="docstring_mask.*pair_layout: tagged"):
+        load_config(None, ["code.pair_layout=inline", "code.docstring_mask=0.15"])
+    with pytest.raises(ConfigError, match="docstring_mask"):
+        load_config(None, ["code.docstring_mask=1.0"])

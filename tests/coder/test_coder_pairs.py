@@ -82,7 +82,7 @@ def test_line_endings_and_tabs_are_kept():
 class CharTok:
     """A hand-checkable tokenizer: one id per character (100 + its code point)."""
 
-    comments_id, python_id, eot_id = 10, 11, 9
+    comments_id, python_id, eot_id, mask_id = 10, 11, 9, 7
 
     def encode(self, text):
         return [100 + ord(c) for c in text]
@@ -103,6 +103,21 @@ def test_code_clm_mask_on_hand_built_rows():
     ids, target = pair_ids(CharTok(), pair, "inline")
     assert ids == [100 + ord("P"), 100 + ord("Q"), 100 + ord("R"), 9]
     assert loss_mask(target).tolist() == [1, 1, 1]  # labels Q R <eot>; the prompt is input only
+
+
+def test_docstring_masking_on_a_hand_built_pair():
+    from pangu_ms.data.code_pairs import CodePair, mask_docstring
+
+    pair = CodePair("f.py", "f", 1, docstring="abcdefghijklmnopqrst", code="xyz", prompt="P", body="QR")
+    ids, target = pair_ids(CharTok(), pair, "tagged")
+    out, k = mask_docstring(ids, 0.15, CharTok(), np.random.default_rng(0))
+    changed = [i for i, (u, v) in enumerate(zip(ids, out)) if u != v]
+    assert k == 3 and len(changed) == 3  # 15% of 20 docstring ids
+    assert all(1 <= i <= 20 and out[i] == 7 for i in changed)  # only docstring ids, now <mask>
+    assert out[0] == 10 and out[21:] == ids[21:]  # <comments>, <python>, the code and <eot> untouched
+    other, _ = mask_docstring(ids, 0.15, CharTok(), np.random.default_rng(1))
+    assert other != out  # positions are drawn, not fixed
+    assert mask_docstring(ids, 0.0, CharTok(), np.random.default_rng(0)) == (ids, 0)
 
 
 def test_mask_with_the_real_tokenizer_covers_exactly_the_code(code_tokenizer):

@@ -105,6 +105,33 @@ def test_stage2_shards_hold_the_code_clm_mask_of_every_pair(tmp_path, code_token
         assert np.all(pos[0, starts] == 0)
 
 
+def test_docstring_masking_hides_the_share_asked_for_of_each_docstring(tmp_path, code_tokenizer_dir, code_tokenizer):
+    """code.docstring_mask: in every training pair round(share x d) of its d docstring ids become
+    <mask>; the code, the tags and the loss mask stay as without it; the report counts them."""
+    from pangu_ms.data.prepare import prepare
+
+    tok = code_tokenizer
+    job = code_job(tmp_path, code_tokenizer_dir, "data", "code.stage=code_clm", "code.docstring_mask=0.5")
+    prepare(job)
+    cols = read_split(tmp_path / "data")
+    ids, mask, pair = cols["input_ids"], cols["loss_mask"], cols["pair_id"]
+    total = 0
+    for r in range(len(ids)):
+        for k in sorted(set(pair[r].tolist()) - {-1}):
+            seg = ids[r, pair[r] == k]
+            p = int(np.flatnonzero(seg == tok.python_id)[0])
+            doc_ids, code = seg[1:p], tok.decode(seg[p + 1:-2])
+            name = next(n for n in CODE if CODE[n] == code)  # the code is untouched
+            d = len(tok.encode(DOCS[name]))
+            assert len(doc_ids) == d and int((doc_ids == tok.mask_id).sum()) == round(0.5 * d), name
+            kept = doc_ids != tok.mask_id
+            assert np.array_equal(doc_ids[kept], np.array(tok.encode(DOCS[name]))[kept]), name
+            total += round(0.5 * d)
+    assert float(mask.sum()) == sum(len(tok.encode(c)) + 1 for c in CODE.values())
+    report = json.loads((tmp_path / "data" / "report.json").read_text())
+    assert report["packing"]["train"]["docstring_ids_masked"] == total > 0
+
+
 def test_stage1_code_shards_are_whole_files_without_a_mask(tmp_path, code_tokenizer_dir, code_tokenizer):
     from pangu_ms.data.prepare import prepare
 
