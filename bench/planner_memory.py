@@ -62,14 +62,15 @@ def measure_one(model: str, overrides: dict, batch: int, mode: str) -> dict:
     cfg = job.model
     ms.set_seed(0)
     net = PanguAlphaWithLoss(cfg)
-    parallelize(net, plan_for(cfg, ParallelConfig(), RecomputeConfig(mode=mode)), ParallelConfig())
+    plan = plan_for(cfg, ParallelConfig(), RecomputeConfig(mode=mode), kernels=net.kernel_spec)
+    parallelize(net, plan, ParallelConfig())
     trainer = Trainer(net, build_optimizer(net.trainable_params(), job.optimizer, job.schedule, 10), job.optimizer)
     rows = np.random.default_rng(0).integers(10, cfg.vocab_size, (batch, cfg.seq_length + 1)).astype(np.int32)
-    pos, mask = eod_reset(rows, cfg.eod_id)
-    data = (ms.Tensor(rows), ms.Tensor(pos), ms.Tensor(mask))
+    pos, doc = eod_reset(rows, cfg.eod_id)
+    data = (ms.Tensor(rows), ms.Tensor(pos), ms.Tensor(doc))
     for _ in range(3):
         trainer.step([data])
-    return {"model": model, "overrides": overrides, "batch": batch, "recompute": mode,
+    return {"model": model, "overrides": overrides, "batch": batch, "recompute": mode, "kernels": net.kernel_spec.name,
             "params": count_parameters(cfg), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
