@@ -99,11 +99,13 @@ def _activations(step: Step, stage: int, device: DeviceSpec) -> dict[str, float]
         per_layer = c["TH"] * tokens * m.hidden_size + c["A"] * m.num_heads * m.seq_length ** 2 * b
         head = device.activation_coeffs["head"]["TV"] * tokens * m.vocab_size
         return {"activations": n_layers * per_layer, "working_set": 0.0, "head": head if last else 0.0}
-    per_mb = sum(act.layer_bytes(m, b, mp, mode, query_layer=has_query and i == n_layers - 1)
+    kernels = act.kernel_backend(m, device.name)
+    per_mb = sum(act.layer_bytes(m, b, mp, mode, query_layer=has_query and i == n_layers - 1, backend=kernels)
                  for i in range(n_layers))
-    per_mb += act.extras_bytes(m, b, mp, first=first, last=last, vocab_parallel=step.vocab_parallel)
+    per_mb += act.extras_bytes(m, b, mp, first=first, last=last, vocab_parallel=step.vocab_parallel, mode=mode,
+                               backend=kernels)
     flight = act.in_flight(p.pipeline_scheduler, p.pp, stage, step.micro_batches, p.pipeline_chunks)
-    return {"activations": flight * per_mb, "working_set": act.working_set(m, b, mp, mode),
+    return {"activations": flight * per_mb, "working_set": act.working_set(m, b, mp, mode, backend=kernels),
             "head": act.head_bytes(m, b, mp, vocab_parallel=step.vocab_parallel) if last else 0.0,
             "in_flight": flight}
 
