@@ -174,21 +174,25 @@ def test_paper_200b_layout_against_the_910a_budget():
     """pp16 x mp8 x dp16, optimizer sharding, full recompute on 2048 x 910A (30 GB usable).
 
     The shipped batch split (64 micro-batches of 2 rows) fits. With 32 micro-batches of 4 rows,
-    stage 0 keeps 16 micro-batches of fp32 layer inputs under 1F1B (this implementation's
-    residual stream is fp32): 17 GB of checkpoints, over budget. Without pipeline stages, or
-    without optimizer sharding, nothing comes close."""
+    stage 0 keeps 16 micro-batches under 1F1B, each with 4 layers' fp32 inputs (this
+    implementation's residual stream is fp32), the shared fp32 mask (read again by the
+    recomputed cores) and the embedding-dropout bits: 16 GiB and more, over budget. Without
+    pipeline stages, or without optimizer sharding, it is over by more than a fifth."""
     dev = device_spec("910A")
     shipped = memory_report(paper_200b(), dev)
     assert shipped["fits"] and shipped["heaviest_stage"] == 0
     assert shipped["per_stage"][0]["in_flight"] == 16 and shipped["per_stage"][0]["pool_total"] < 30 * GB
     fat = memory_report(paper_200b(micro_batches=32), dev)
     assert fat["heaviest_stage"] == 0 and not fat["fits"]
-    assert fat["per_stage"][0]["in_flight"] == 16 and fat["per_stage"][0]["activations"] > 16 * GB
+    tokens, h, s = 4 * 1024, 16384, 1024  # 4 rows
+    per_micro_batch = 4 * (4 * tokens * h) + 4 * 4 * s * s + tokens * h / 8
+    assert fat["per_stage"][0]["in_flight"] == 16
+    assert fat["per_stage"][0]["activations"] == pytest.approx(16 * per_micro_batch)
     for changes in ({"pp": 1, "dp": 256, "micro_batches": 1}, {"optimizer_shard": False},
                     {"optimizer_shard": False, "micro_batches": 32}):
         worst = memory_report(paper_200b(**changes), dev)
         assert not worst["fits"], changes
-        assert worst["per_stage"][worst["heaviest_stage"]]["pool_total"] > 1.25 * 30 * GB
+        assert worst["per_stage"][worst["heaviest_stage"]]["pool_total"] > 1.2 * 30 * GB
 
 
 def test_every_shipped_run_fits_its_device():
