@@ -40,7 +40,7 @@ from typing import Literal
 from pangu_ms.config import ModelConfig
 
 Kind = Literal["TH", "TH/t", "TF/t", "Ta/t", "A/t"]
-Backend = Literal["reference", "ascend_910b"]
+Backend = Literal["reference", "ascend_910b", "cpu_fused"]
 MASK_BIT = 1 / 8
 """bytes per element of an Ascend dropout mask (DropoutGenMask packs one bit per element)."""
 
@@ -57,10 +57,18 @@ class Term:
 
 
 def kernel_backend(model: ModelConfig, device: str) -> Backend:
-    """The kernel spec an Ascend `device` ('910A', '910B', '910B-32GB') builds `model` with, as
-    `pangu_ms.kernels.switch.kernel_spec` picks it: the 910B fused kernels for `kernels: fused`
-    on a 910B, the reference ops otherwise (910A has no FlashAttentionScore or AddLayerNorm)."""
-    return "ascend_910b" if model.kernels == "fused" and device.upper().startswith("910B") else "reference"
+    """The kernel spec `device` ('910A', '910B', '910B-32GB', 'CPU') builds `model` with, as
+    `pangu_ms.kernels.switch.kernel_spec` picks it: for `kernels: fused` the 910B kernels on a
+    910B and the C++ spec on CPU (wholly so only in fp32 without dropout: else its attention or
+    loss is the reference); the reference ops otherwise (910A has no FlashAttentionScore or
+    AddLayerNorm). `layer_terms` counts the Ascend ones; the CPU is measured (`hardware.py`)."""
+    if model.kernels != "fused":
+        return "reference"
+    if device.upper().startswith("910B"):
+        return "ascend_910b"
+    if device.upper() == "CPU" and model.dropout == 0 and model.compute_dtype == "float32":
+        return "cpu_fused"
+    return "reference"
 
 
 def _flash(model: ModelConfig, backend: Backend) -> bool:

@@ -153,6 +153,32 @@ def test_states_of_an_unsharded_single_device():
     assert st["hccl_buffers"] == 1 * 2 * 200 * 2**20  # the world communicator only
 
 
+def test_cpu_prediction_is_the_measured_form():
+    """CPU: base + sigma N + L (c_layer + c_TH T H) + c_TV T V with the constants bench/planner_memory.py
+    fitted, for the kernels it measured (the tiny config: the C++ spec, fp32, no dropout)."""
+    from pangu_ms.models.pangu_alpha import count_parameters
+
+    cpu = device_spec("CPU")
+    c = cpu.activation_coeffs
+    m = tiny_model_config(kernels="fused")
+    n, tokens = count_parameters(m), 2 * m.seq_length
+    for mode in ("none", "full"):
+        want = (cpu.framework_reserve_gb.value * GB + c["states"]["sigma"] * n
+                + m.num_layers * (c["states"]["layer"] + c[mode]["TH"] * tokens * m.hidden_size)
+                + c["head"]["TV"] * tokens * m.vocab_size)
+        got = memory_report(Step(m, ParallelConfig(), mode, 2), cpu)["per_stage"][0]["pool_total"]
+        assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("change", [{"kernels": "reference"}, {"dropout": 0.1}])
+def test_cpu_constants_refuse_other_kernels(change):
+    """The CPU constants describe the fused C++ path; the reference ops (or the fused spec's
+    reference attention under dropout) keep other tensors and are not priced with them."""
+    m = tiny_model_config(**{"kernels": "fused", **change})
+    with pytest.raises(ConfigError, match="measured with the cpu_fused kernels"):
+        memory_report(Step(m, ParallelConfig(), "none", 2), device_spec("CPU"))
+
+
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_analytic_weight_table_equals_the_built_model(name):
     """The search prices layouts from params.py; plan checks it against the built model."""
