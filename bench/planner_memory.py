@@ -17,9 +17,10 @@ squares, on tiny-model variants (layers, batch, sequence, vocabulary and width v
     peak = base + sigma N + L (c_layer + c_TH,r T H) + c_TV T V
 (N parameters, L layers, T = b s tokens, r the recompute mode) and prints them as JSON for the
 CPU entry of pangu_ms/parallel/hardware.py. There is no a s^2 b term: the fused attention stores
-no S x S tensor (tiny with 2 or 32 heads peaks within 2 MB of each other). `--check` measures configurations the fit never saw
-(the `small` model, other batch sizes) and prints each against the planner's prediction
-(`memory_report(..., device_spec("CPU"))`), one JSON line per run, then the largest error.
+no S x S tensor (tiny with 2 or 32 heads peaks within 2 MB of each other). `--check` measures
+configurations the fit never saw (the `small` model, other batch sizes) and prints each against
+the planner's prediction (`memory_report(..., device_spec("CPU"))`), one JSON line per run, then
+the largest error; it stops if a run built other kernels than the constants describe.
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def calibrate() -> dict:
     y = np.array([r["peak_rss_mb"] * 2**20 for r in rows])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     fitted = x @ coef
-    out = {"kernels": rows[0]["kernels"], "base": coef[0], "states": {"sigma": coef[1], "layer": coef[2]}, "head": {"TV": coef[-1]}}
+    out = {"kernels": rows[0]["kernels"], "base": coef[0], "states": {"sigma": coef[1], "layer": coef[2]},
+           "head": {"TV": coef[-1]}}
     for i, mode in enumerate(MODES):
         out[mode] = {"TH": coef[3 + i]}
     out["max_fit_error"] = float(np.max(np.abs(fitted - y) / y))
@@ -141,7 +143,8 @@ def check() -> float:
         for (m, o, b) in CHECK:
             row = measure(m, o, b, mode)
             if row["kernels"] != fitted_on:
-                raise RuntimeError(f"{m} b={b} ran the {row['kernels']} kernels; the CPU constants describe {fitted_on}")
+                raise RuntimeError(f"{m} b={b} ran the {row['kernels']} kernels; the CPU constants describe "
+                                   f"{fitted_on}")
             pred = predict(row) / 2**20
             err = pred / row["peak_rss_mb"] - 1
             worst = max(worst, abs(err))

@@ -139,7 +139,8 @@ _CPU = DeviceSpec(
     efficiency=None,
     framework_reserve_gb=Const(0.4747, "GB", "bench"),  # the process: Python, MindSpore, compiled graphs
     fragmentation=Const(0.0, "fraction", "bench"),
-    activation_coeffs={  # bytes: per layer and T H element by recompute mode, head (T V), states (per parameter, per layer)
+    # bytes: per layer and T H element by recompute mode, head per T V, states per parameter and per layer
+    activation_coeffs={
         "none": {"TH": 204.0},
         "selective": {"TH": 203.1},
         "full": {"TH": 263.6},
