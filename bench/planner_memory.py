@@ -8,15 +8,19 @@ mode), AdamW and the train step, run 3 steps on random rows, report peak RSS
 (`ru_maxrss`). RSS is steadier than time on a shared machine: repeated runs agree within a
 few MB.
 
-MindSpore 2.10's CPU backend keeps every intermediate tensor of the step's graph alive (peak
-RSS grows with recompute instead of shrinking), so the terms derived for Ascend do not apply
-to it. `--calibrate` fits the CPU's own constants by least squares, on tiny-model variants
-(layers, batch, sequence, vocabulary and width varied), to
-    peak = base + sigma N + sum over layers (c_TH,r T H + c_A,r a s^2 b) + c_TV T V
-(N parameters, T = b s tokens, r the recompute mode) and prints them as JSON for the CPU
-entry of pangu_ms/parallel/hardware.py. `--check` measures configurations the fit never saw
-(the `small` model, other batch sizes) and prints each against the planner's prediction
-(`memory_report(..., device_spec("CPU"))`), one JSON line per run, then the largest error.
+The models run the configs' `kernels: fused`, which on CPU is the C++ spec (`cpu_fused`: flash
+attention on the document ids, fused AddLayerNorm, bias + GeLU, tied-head loss and AdamW); each
+row records the spec it ran. MindSpore 2.10's CPU backend keeps every intermediate tensor of the
+step's graph alive (peak RSS grows with full recompute instead of shrinking), so the terms
+derived for Ascend do not apply to it. `--calibrate` fits the CPU's own constants by least
+squares, on tiny-model variants (layers, batch, sequence, vocabulary and width varied), to
+    peak = base + sigma N + L (c_layer + c_TH,r T H) + c_TV T V
+(N parameters, L layers, T = b s tokens, r the recompute mode) and prints them as JSON for the
+CPU entry of pangu_ms/parallel/hardware.py. There is no a s^2 b term: the fused attention stores
+no S x S tensor (tiny with 2 or 32 heads peaks within 2 MB of each other). `--check` measures
+configurations the fit never saw (the `small` model, other batch sizes) and prints each against
+the planner's prediction (`memory_report(..., device_spec("CPU"))`), one JSON line per run, then
+the largest error; it stops if a run built other kernels than the constants describe.
 """
 from __future__ import annotations
 
@@ -35,8 +39,10 @@ MODES = ("none", "selective", "full")
 CALIBRATION = [("tiny", {"num_layers": L, "seq_length": s, "vocab_size": v, "hidden_size": h,
                          "ffn_hidden_size": 4 * h}, b)
                for (L, b, s, v, h) in [(2, 1, 256, 8000, 256), (2, 4, 256, 8000, 256), (4, 1, 256, 8000, 256),
-                                       (4, 4, 256, 8000, 256), (2, 4, 128, 8000, 256), (2, 4, 256, 16000, 256),
-                                       (2, 1, 256, 8000, 384), (4, 1, 256, 8000, 384)]]
+                                       (4, 4, 256, 8000, 256), (2, 4, 128, 8000, 256), (2, 4, 512, 8000, 256),
+                                       (2, 4, 256, 16000, 256), (2, 1, 256, 8000, 384), (4, 1, 256, 8000, 384),
+                                       (2, 4, 256, 8000, 384), (4, 4, 256, 8000, 384), (2, 1, 256, 8000, 128),
+                                       (2, 4, 256, 8000, 128), (4, 4, 256, 8000, 128)]]
 # held out: never seen by the fit
 CHECK = [("tiny", {}, b) for b in (2, 8)] + [("small", {}, b) for b in (1, 2, 4, 8)]
 
@@ -62,14 +68,15 @@ def measure_one(model: str, overrides: dict, batch: int, mode: str) -> dict:
     cfg = job.model
     ms.set_seed(0)
     net = PanguAlphaWithLoss(cfg)
-    parallelize(net, plan_for(cfg, ParallelConfig(), RecomputeConfig(mode=mode)), ParallelConfig())
+    plan = plan_for(cfg, ParallelConfig(), RecomputeConfig(mode=mode), kernels=net.kernel_spec)
+    parallelize(net, plan, ParallelConfig())
     trainer = Trainer(net, build_optimizer(net.trainable_params(), job.optimizer, job.schedule, 10), job.optimizer)
     rows = np.random.default_rng(0).integers(10, cfg.vocab_size, (batch, cfg.seq_length + 1)).astype(np.int32)
-    pos, mask = eod_reset(rows, cfg.eod_id)
-    data = (ms.Tensor(rows), ms.Tensor(pos), ms.Tensor(mask))
+    pos, doc = eod_reset(rows, cfg.eod_id)
+    data = (ms.Tensor(rows), ms.Tensor(pos), ms.Tensor(doc))
     for _ in range(3):
         trainer.step([data])
-    return {"model": model, "overrides": overrides, "batch": batch, "recompute": mode,
+    return {"model": model, "overrides": overrides, "batch": batch, "recompute": mode, "kernels": net.kernel_spec.name,
             "params": count_parameters(cfg), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -91,14 +98,11 @@ def _model_cfg(model: str, overrides: dict):
 
 
 def features(row: dict) -> list[float]:
-    """Design-matrix row: base, sigma, then (c_TH, c_A) per mode, then c_TV."""
+    """Design-matrix row: base, sigma, c_layer, then c_TH per mode, then c_TV."""
     cfg = _model_cfg(row["model"], row["overrides"])
-    b, s, h, a, v, L = row["batch"], cfg.seq_length, cfg.hidden_size, cfg.num_heads, cfg.vocab_size, cfg.num_layers
-    per_mode = []
-    for mode in MODES:
-        on = 1.0 if row["recompute"] == mode else 0.0
-        per_mode += [on * L * b * s * h, on * L * a * s * s * b]
-    return [1.0, float(row["params"]), *per_mode, float(b * s * v)]
+    b, s, h, v, L = row["batch"], cfg.seq_length, cfg.hidden_size, cfg.vocab_size, cfg.num_layers
+    per_mode = [(1.0 if row["recompute"] == mode else 0.0) * L * b * s * h for mode in MODES]
+    return [1.0, float(row["params"]), float(L), *per_mode, float(b * s * v)]
 
 
 def calibrate() -> dict:
@@ -107,13 +111,16 @@ def calibrate() -> dict:
     rows = [measure(m, o, b, mode) for mode in MODES for (m, o, b) in CALIBRATION]
     for r in rows:
         print(json.dumps({"calibration": r}), flush=True)
+    if len({r["kernels"] for r in rows}) != 1:
+        raise RuntimeError(f"calibration runs used different kernels: {sorted({r['kernels'] for r in rows})}")
     x = np.array([features(r) for r in rows])
     y = np.array([r["peak_rss_mb"] * 2**20 for r in rows])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     fitted = x @ coef
-    out = {"base": coef[0], "sigma": coef[1], "head": {"TV": coef[-1]}}
+    out = {"kernels": rows[0]["kernels"], "base": coef[0], "states": {"sigma": coef[1], "layer": coef[2]},
+           "head": {"TV": coef[-1]}}
     for i, mode in enumerate(MODES):
-        out[mode] = {"TH": coef[2 + 2 * i], "A": coef[3 + 2 * i]}
+        out[mode] = {"TH": coef[3 + i]}
     out["max_fit_error"] = float(np.max(np.abs(fitted - y) / y))
     return out
 
@@ -129,10 +136,15 @@ def predict(row: dict) -> float:
 
 
 def check() -> float:
-    worst = 0.0
+    from pangu_ms.parallel.hardware import device_spec
+
+    worst, fitted_on = 0.0, device_spec("CPU").measured_kernels
     for mode in MODES:
         for (m, o, b) in CHECK:
             row = measure(m, o, b, mode)
+            if row["kernels"] != fitted_on:
+                raise RuntimeError(f"{m} b={b} ran the {row['kernels']} kernels; the CPU constants describe "
+                                   f"{fitted_on}")
             pred = predict(row) / 2**20
             err = pred / row["peak_rss_mb"] - 1
             worst = max(worst, abs(err))

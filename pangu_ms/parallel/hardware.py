@@ -84,6 +84,9 @@ class DeviceSpec:
     """extra pool memory lost to fragmentation, as a fraction of the dynamic (non-state) memory."""
     activation_coeffs: dict[str, dict[str, float]] = field(default_factory=dict)
     """measured per-layer activation coefficients by recompute mode (CPU only; empty: derived)."""
+    measured_kernels: str | None = None
+    """the kernel spec (`KernelSpec.name`) whose runs `activation_coeffs` were fitted on; a model
+    that builds other kernels here is refused (its tensors differ)."""
 
     def const(self, name: str) -> Const:
         value = getattr(self, name)
@@ -124,22 +127,25 @@ _910B_32 = DeviceSpec(**{**{f.name: getattr(_910B, f.name) for f in fields(_910B
                          "name": "910B-32GB", "memory_gb": Const(32, "GB", "third_party_910b"),
                          "usable_gb": Const(30, "GB", "issue17")})
 
-# measured by bench/planner_memory.py --calibrate (2026-12-01, MindSpore 2.10.0 CPU, fp32, no dropout; 24 runs,
-# fit error at most 3.0 %): peak RSS of a train step = base + sigma N (weights, gradients, Adam m and v, and
-# the step's gradient copies) + per layer (c_TH T H + c_A a s^2 b) + c_TV T V
+# measured by bench/planner_memory.py --calibrate (2026-12-01, MindSpore 2.10.0 CPU, fp32, no dropout,
+# kernels: fused; 42 runs, fit error at most 2.5 %): peak RSS of a train step
+# = base + sigma N (weights, gradients, Adam m and v, the step's gradient copies) + L (c_layer + c_TH T H)
+# + c_TV T V, for the runs' kernels (`measured_kernels`: the C++ CPU spec, fp32, no dropout)
 _CPU = DeviceSpec(
     name="CPU",
     memory_gb=Const(0, "GB", "bench"),
     usable_gb=Const(0, "GB", "bench"),
     peak_tflops=None,
     efficiency=None,
-    framework_reserve_gb=Const(0.5477, "GB", "bench"),  # the process: Python, MindSpore, compiled graphs
+    framework_reserve_gb=Const(0.4747, "GB", "bench"),  # the process: Python, MindSpore, compiled graphs
     fragmentation=Const(0.0, "fraction", "bench"),
-    activation_coeffs={  # bytes per element: per layer (T H, a s^2 b) by recompute mode, head (T V), states (N)
-        "none": {"TH": 440.4, "A": 55.61},
-        "selective": {"TH": 438.3, "A": 56.07},
-        "full": {"TH": 790.7, "A": 53.93},
-        "head": {"TV": 25.05}, "states": {"sigma": 21.54}},
+    # bytes: per layer and T H element by recompute mode, head per T V, states per parameter and per layer
+    activation_coeffs={
+        "none": {"TH": 204.0},
+        "selective": {"TH": 203.1},
+        "full": {"TH": 263.6},
+        "head": {"TV": 2.814}, "states": {"sigma": 25.28, "layer": 1.502e+07}},
+    measured_kernels="cpu_fused",
 )
 
 DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (_910A, _910B, _910B_32, _CPU)}

@@ -20,7 +20,8 @@ pool plus HCCL buffers at most its memory (`memory_gb`).
 
 On the CPU device the activations come from coefficients measured by bench/planner_memory.py
 (MindSpore's CPU backend keeps every intermediate of the step's graph, more than the backward
-needs, so the derived Ascend terms do not apply there).
+needs, so the derived Ascend terms do not apply there); they describe one kernel path, the
+device's `measured_kernels`, and a model that builds another there is refused.
 """
 from __future__ import annotations
 
@@ -93,17 +94,23 @@ def _activations(step: Step, stage: int, device: DeviceSpec) -> dict[str, float]
     b, mp = step.micro_batch_rows, p.mp
     n_layers, has_query = layers_on(step, stage)
     first, last = stage == 0, stage == p.pp - 1
-    if device.activation_coeffs:  # measured (CPU): bytes per T*H and per A element, per layer
-        c = device.activation_coeffs[mode]
+    if device.activation_coeffs:  # measured (CPU): bytes per T*H element and layer, per T*V element
+        ran = act.kernel_backend(m, device.name)
+        if ran != device.measured_kernels:
+            raise ConfigError(f"the {device.name} memory constants were measured with the {device.measured_kernels} "
+                              f"kernels; this model builds {ran} there (model.kernels={m.kernels!r}, dropout "
+                              f"{m.dropout}, {m.compute_dtype}): its saved tensors differ, so it cannot be priced")
         tokens = b * m.seq_length
-        per_layer = c["TH"] * tokens * m.hidden_size + c["A"] * m.num_heads * m.seq_length ** 2 * b
+        per_layer = device.activation_coeffs[mode]["TH"] * tokens * m.hidden_size
         head = device.activation_coeffs["head"]["TV"] * tokens * m.vocab_size
         return {"activations": n_layers * per_layer, "working_set": 0.0, "head": head if last else 0.0}
-    per_mb = sum(act.layer_bytes(m, b, mp, mode, query_layer=has_query and i == n_layers - 1)
+    kernels = act.kernel_backend(m, device.name)
+    per_mb = sum(act.layer_bytes(m, b, mp, mode, query_layer=has_query and i == n_layers - 1, backend=kernels)
                  for i in range(n_layers))
-    per_mb += act.extras_bytes(m, b, mp, first=first, last=last, vocab_parallel=step.vocab_parallel)
+    per_mb += act.extras_bytes(m, b, mp, first=first, last=last, vocab_parallel=step.vocab_parallel, mode=mode,
+                               backend=kernels)
     flight = act.in_flight(p.pipeline_scheduler, p.pp, stage, step.micro_batches, p.pipeline_chunks)
-    return {"activations": flight * per_mb, "working_set": act.working_set(m, b, mp, mode),
+    return {"activations": flight * per_mb, "working_set": act.working_set(m, b, mp, mode, backend=kernels),
             "head": act.head_bytes(m, b, mp, vocab_parallel=step.vocab_parallel) if last else 0.0,
             "in_flight": flight}
 
@@ -125,8 +132,9 @@ def stage_memory(step: Step, device: DeviceSpec, stage: int) -> dict:
     local, stored = held.local, held.stored
     out: dict = {"stage": stage, "weights": 4.0 * stored, "gradients": 4.0 * local, "optimizer": 8.0 * stored,
                  "weight_copies": _weight_copies(step, stage, local), "temporaries": 0.0}
-    if device.activation_coeffs:  # CPU: the step's extra per-parameter tensors (clipped grads, squares), measured
-        out["temporaries"] = (device.activation_coeffs["states"]["sigma"] - 16.0) * local
+    if device.activation_coeffs:  # CPU, measured: the step's extra per-parameter tensors and per-layer graph state
+        states = device.activation_coeffs["states"]
+        out["temporaries"] = (states["sigma"] - 16.0) * local + states["layer"] * layers_on(step, stage)[0]
     a = _activations(step, stage, device)
     out.update(a)
     dynamic = out["weight_copies"] + a["activations"] + a["working_set"] + a["head"]
