@@ -15,14 +15,15 @@ skip); what differs is who applies the update to the expert weights (`is_expert_
 
 `HostExpertAdam` computes MindSpore's `nn.AdamWeightDecay` rule (no bias correction):
 m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; u = m / (sqrt(v) + eps) (+ wd * w where decayed);
-w -= lr * u. Its moments are not yet written to checkpoints (they live in this process).
+w -= lr * u. Its moments and step count are Parameters of the train Cell that no graph reads
+(`HostExpertState`): they stay in host memory, and checkpoints save and resume them.
 """
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-from mindspore import ParameterTuple, Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from pangu_ms.config import JobConfig, OptimizerConfig, ScheduleConfig
 from pangu_ms.kernels.switch import job_kernel_spec
@@ -81,6 +82,21 @@ class SigmaTrainStep(TrainStep):
         return loss, overflow, norm, grads[self.n_dense:]
 
 
+class HostExpertState(nn.Cell):
+    """`HostExpertAdam`'s moments and step count as Parameters that no graph reads: they live in
+    host memory, and, as part of the train Cell, checkpoints save and resume them with the rest."""
+
+    def __init__(self, params: list):
+        super().__init__(auto_prefix=False)
+
+        def zeros(name, shape, dtype=np.float32):
+            return Parameter(Tensor(np.zeros(shape, dtype)), name=name, requires_grad=False)
+
+        self.m = ParameterTuple([zeros(f"host_adam_m.{p.name}", p.shape) for p in params])
+        self.v = ParameterTuple([zeros(f"host_adam_v.{p.name}", p.shape) for p in params])
+        self.step = zeros("host_adam_step", (), np.int32)
+
+
 class HostExpertAdam:
     """AdamW over the expert weights with moments in host memory, updating only the experts that
     received tokens (see the module docstring)."""
@@ -88,20 +104,33 @@ class HostExpertAdam:
     def __init__(self, params: list, opt: OptimizerConfig, sched: ScheduleConfig, total_steps: int, eps: float):
         self.params = params
         self.opt, self.sched, self.total, self.eps = opt, sched, total_steps, eps
-        self.m = {p.name: np.zeros(p.shape, np.float32) for p in params}
-        self.v = {p.name: np.zeros(p.shape, np.float32) for p in params}
-        self.steps = 0
+        self.state = HostExpertState(params)
+
+    @property
+    def m(self) -> dict[str, np.ndarray]:
+        """first moments by expert parameter name (copies)."""
+        return {p.name: pm.asnumpy() for p, pm in zip(self.params, self.state.m)}
+
+    @property
+    def v(self) -> dict[str, np.ndarray]:
+        """second moments by expert parameter name (copies)."""
+        return {p.name: pv.asnumpy() for p, pv in zip(self.params, self.state.v)}
+
+    @property
+    def steps(self) -> int:
+        """updates applied so far (the learning-rate schedule's position)."""
+        return int(self.state.step.asnumpy())
 
     def update(self, grads: list[np.ndarray], touched: dict[str, np.ndarray]) -> None:
         """grads: one per param; touched: RRE layer path (`...ffn`) -> bool [E] experts with tokens."""
         lr = np.float32(lr_at(self.steps, self.opt, self.sched, self.total))
         b1, b2, eps = np.float32(self.opt.beta1), np.float32(self.opt.beta2), np.float32(self.eps)
         one = np.float32(1.0)
-        for p, g in zip(self.params, grads):
+        for p, g, pm, pv in zip(self.params, grads, self.state.m, self.state.v):
             rows = np.flatnonzero(touched[p.name.rsplit(".", 1)[0]])
             if rows.size == 0:
                 continue
-            w, m, v = p.asnumpy().copy(), self.m[p.name], self.v[p.name]
+            w, m, v = p.asnumpy().copy(), pm.asnumpy().copy(), pv.asnumpy().copy()
             g = np.asarray(g, np.float32)[rows]
             m[rows] = b1 * m[rows] + (one - b1) * g
             v[rows] = b2 * v[rows] + (one - b2) * g * g
@@ -110,7 +139,9 @@ class HostExpertAdam:
                 u = u + np.float32(self.opt.weight_decay) * w[rows]
             w[rows] = w[rows] - lr * u
             p.set_data(Tensor(w))
-        self.steps += 1
+            pm.set_data(Tensor(m))
+            pv.set_data(Tensor(v))
+        self.state.step.set_data(Tensor(np.array(self.steps + 1, np.int32)))
 
 
 def expert_parameters(net: nn.Cell) -> tuple[list, list]:
@@ -156,6 +187,8 @@ class SigmaTrainer:
         self.loss_scale = new_loss_scale(opt)
         self.cell = SigmaTrainStep(net, self.optimizer, self.loss_scale, opt, weights=dense + experts,
                                    n_dense=len(dense), host=self.host)
+        if self.host:  # a child of the train Cell, so that checkpoints carry the host state
+            self.cell.host_state = self.host_adam.state
         self.cell.set_train(True)
         logger.info("Sigma trainer: %d dense and %d expert tensors, expert state on the %s (eps %g vs %g)",
                     len(dense), len(experts), "host" if self.host else "device", ex.expert_eps, opt.eps)
