@@ -118,7 +118,7 @@ def build_dataset(files: list[str], *, seq_length: int, batch_size: int, eod_id:
             MindSpore repeats a few rows to even the shards out.
         start_step: batches to skip (counted across epochs) to resume exactly.
         drop_remainder: drop the last partial batch of each epoch.
-        loss_mask: also read the shards' `loss_mask` column (float32 [S], one weight per label,
+        loss_mask: also read the shards' `loss_mask` column (float32 [S], a 0/1 flag per label,
             written for PanGu-Coder's stage-2 rows) and yield it after `document_id` as [B, S].
         domains: also yield PanGu-Sigma's `domain_id` int32 [B] last (shards written with domains).
     """

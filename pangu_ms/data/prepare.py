@@ -196,11 +196,8 @@ def _stage2_splits(job: JobConfig, tok: CodeTokenizer, sources: list[SourceData]
     for entry, (rows, _) in zip(plan, per_source):
         picked.extend(rows[i] for i in select_documents([len(r[0]) for r in rows], entry["passes"], rng))
     picked = [picked[i] for i in rng.permutation(len(picked))]
-    masked = 0
     if job.code.docstring_mask > 0:  # each training instance draws its own positions
-        for j, (ids_j, target) in enumerate(picked):
-            ids_j, k = mask_docstring(ids_j, job.code.docstring_mask, tok, rng)
-            picked[j], masked = (ids_j, target), masked + k
+        picked = [(mask_docstring(ids_j, job.code.docstring_mask, tok, rng)[0], target) for ids_j, target in picked]
     splits = {}
     for name, rows in (("train", picked), ("heldout", held_rows)):
         if not rows:
@@ -213,7 +210,8 @@ def _stage2_splits(job: JobConfig, tok: CodeTokenizer, sources: list[SourceData]
         raise DataError(f"code.stage=code_clm: no stage-2 pair of the training files fits a row of "
                         f"model.seq_length+1={seq + 1} ids; raise model.seq_length or add code with docstrings")
     pair_counts = {s.cfg.name: c for s, (_, c) in zip(sources, per_source)}
-    splits["train"][1]["docstring_ids_masked"] = masked
+    # counted in the rows written (a pair too long for a row is dropped with its masked ids)
+    splits["train"][1]["docstring_ids_masked"] = int((splits["train"][0] == tok.mask_id).sum())
     return plan, splits, pair_counts
 
 

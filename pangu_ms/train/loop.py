@@ -72,8 +72,8 @@ def token_counts(files: list[str], vocab_size: int) -> np.ndarray:
 
 
 def uses_loss_mask(job: JobConfig) -> bool:
-    """True when prepare wrote a `loss_mask` column (PanGu-Coder stage 2): the loss is then the
-    mask-weighted mean (`PanguAlphaWithMaskedLoss`) and every batch carries the mask."""
+    """True when prepare wrote a `loss_mask` column (PanGu-Coder stage 2): every batch then carries
+    the mask and the loss counts only the flagged labels (`PanguAlphaWithMaskedLoss`)."""
     from pangu_ms.data.shards import LOSS_MASK_COLUMN, read_manifest
 
     return LOSS_MASK_COLUMN in read_manifest(job.data.output_dir).get("columns", [])
@@ -82,13 +82,13 @@ def uses_loss_mask(job: JobConfig) -> bool:
 class _Evaluator:
     """Mean held-out loss over the first `eval_batches` held-out batches (fixed, cached)."""
 
-    def __init__(self, network, files: list[str], job: JobConfig, batch_size: int):
+    def __init__(self, network, files: list[str], job: JobConfig, batch_size: int, loss_mask: bool):
         from pangu_ms.data.dataset import build_dataset
 
         self.network = network
         data = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size,
                              eod_id=job.model.eod_id, reset_at_eod=job.data.reset_at_eod, shuffle=False,
-                             drop_remainder=True, loss_mask=uses_loss_mask(job), domains=job.experts is not None)
+                             drop_remainder=True, loss_mask=loss_mask, domains=job.experts is not None)
         it = data.create_tuple_iterator(num_epochs=1, output_numpy=False)
         self.batches = [tuple(b) for _, b in zip(range(job.train.eval_batches), it)]
 
@@ -126,7 +126,8 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(job.to_yaml(), encoding="utf-8")
     train_files = shard_files(job.data.output_dir, "train")
-    net, trainer, sharding = _build_trainer(job, info)
+    masked = uses_loss_mask(job)
+    net, trainer, sharding = _build_trainer(job, info, masked)
     pos = _Position()
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
     checkpointer = ckpt.Checkpointer(run_dir, trainer.cell, job, info)
@@ -140,14 +141,14 @@ def pretrain(job: JobConfig, *, resume: str | None = None, progress: bool = True
     elif job.train.init_from:
         src = ckpt.init_weights(net, job.train.init_from, job)
         log.write("init", path=str(src), weights_crc32=weights_digest(net))
-    batches = _train_batches(job, train_files, trainer.accum_steps, pos.data_step, **sharding)
+    batches = _train_batches(job, train_files, trainer.accum_steps, pos.data_step, loss_mask=masked, **sharding)
     evaluator = None
     if job.train.eval_every > 0 and job.data.heldout_fraction > 0:
         # every rank evaluates the same batches of the single-process micro-batch size, so the
         # held-out loss does not depend on the data-parallel degree
         eval_batch = job.train.global_batch_size // job.train.grad_accum_steps
         try:
-            evaluator = _Evaluator(net, shard_files(job.data.output_dir, "heldout"), job, eval_batch)
+            evaluator = _Evaluator(net, shard_files(job.data.output_dir, "heldout"), job, eval_batch, masked)
         except DataError as exc:  # e.g. fewer held-out rows than one batch: train without it
             logger.warning("no held-out evaluation: %s", exc)
     meta = _data_layout(sharding, trainer.accum_steps)
@@ -169,14 +170,14 @@ def _check_same_data_layout(meta: dict[str, Any], sharding: dict[str, int], accu
                           "the same train.global_batch_size, train.grad_accum_steps and number of workers")
 
 
-def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
-    """(loss network, trainer, dataset sharding) for the parallel mode in use."""
+def _build_trainer(job: JobConfig, info, masked: bool) -> tuple[Any, Any, dict[str, int]]:
+    """(loss network, trainer, dataset sharding) for the parallel mode in use; `masked`: the data
+    carries a loss mask (`uses_loss_mask`)."""
     from pangu_ms.kernels.switch import job_kernel_spec
     from pangu_ms.models.pangu_alpha import PanguAlphaWithLoss, PanguAlphaWithMaskedLoss
     from pangu_ms.parallel import parallelize_job
     from pangu_ms.train.step import Trainer
 
-    masked = uses_loss_mask(job)
     if info.mode == "semi_auto_parallel":  # built without weights; each data-parallel rank reads 1/dp
         from pangu_ms.train.ascend import build_ascend_trainer, data_sharding
 
@@ -201,14 +202,14 @@ def _build_trainer(job: JobConfig, info) -> tuple[Any, Any, dict[str, int]]:
 
 
 def _train_batches(job: JobConfig, files: list[str], accum: int, start_step: int, *, batch_size: int,
-                   num_shards: int, shard_id: int) -> Iterator[tuple]:
-    """Endless (input_ids, position_id, document_id) micro-batches from `start_step` on."""
+                   num_shards: int, shard_id: int, loss_mask: bool) -> Iterator[tuple]:
+    """Endless (input_ids, position_id, document_id[, loss_mask][, domain_id]) micro-batches from `start_step` on."""
     from pangu_ms.data.dataset import build_dataset
 
     dataset = build_dataset(files, seq_length=job.model.seq_length, batch_size=batch_size, eod_id=job.model.eod_id,
                             reset_at_eod=job.data.reset_at_eod, shuffle=job.data.shuffle, seed=job.run.seed,
                             num_shards=num_shards, shard_id=shard_id, start_step=start_step,
-                            loss_mask=uses_loss_mask(job), domains=job.experts is not None)
+                            loss_mask=loss_mask, domains=job.experts is not None)
     per_epoch = dataset.get_dataset_size()
     # set_init_step(k) makes the iterator yield only the epochs from k's epoch on
     epochs = math.ceil(job.train.steps * accum / per_epoch) + 1
